@@ -1,0 +1,116 @@
+"""One distillation run (method x seed) and the loading of what it needs.
+
+Used by ``stages/distill.py`` (training) and ``stages/evaluate.py`` (inference on saved weights).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xmkd.data.features import FeatureCache
+from xmkd.errors import DataError
+from xmkd.methods import Dims, DistillMethod, build_method
+from xmkd.models.student import build_student
+from xmkd.runs import RunConfig
+from xmkd.train import ClipDataset, make_loader, resolve_device, seed_everything, train
+
+
+@dataclass
+class TeacherOutputs:
+    """Frozen teacher outputs for every row of the feature cache: embedding (N, D), logits (N, C)."""
+
+    embedding: np.ndarray
+    logits: np.ndarray
+
+    @classmethod
+    def load(cls, root: Path, cache: FeatureCache) -> TeacherOutputs:
+        """Load ``embeddings.npy``/``logits.npy``/``ids.txt`` from ``root`` and check they match the cache.
+
+        Raises:
+            DataError: files missing, or rows that do not match the feature cache's clips.
+        """
+        files = [root / f for f in ("embeddings.npy", "logits.npy", "ids.txt")]
+        missing = [str(f) for f in files if not f.exists()]
+        if missing:
+            raise DataError(f"teacher outputs missing: {missing}. Run `dvc repro train_teacher` first.")
+        ids = (root / "ids.txt").read_text().split("\n")[:-1]
+        if ids != list(cache.manifest["id"]):
+            raise DataError(
+                f"teacher outputs in {root} do not match the clips of the feature cache {cache.root} "
+                "(different ids or order): re-run `dvc repro train_teacher`."
+            )
+        return cls(np.load(files[0]), np.load(files[1]))
+
+
+def build_models(rc: RunConfig, num_classes: int, teacher_dim: int) -> tuple[torch.nn.Module, DistillMethod]:
+    """Student and method (with its heads) for a run config (random init; seed first)."""
+    student = build_student(rc.student, num_classes)
+    dims = Dims(student_dim=rc.student.embed_dim, teacher_dim=teacher_dim, num_classes=num_classes)
+    return student, build_method(rc.method, dims, rc.sections)
+
+
+def run_distillation(
+    rc: RunConfig,
+    seed: int,
+    cache: FeatureCache,
+    teacher: TeacherOutputs,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[torch.nn.Module, DistillMethod, list[dict[str, float]]]:
+    """Train one student with ``rc.method`` and ``seed`` on the cache's ``training`` subset.
+
+    The ``validation`` subset (if present) is evaluated after every epoch; the test subset is not
+    touched here.
+
+    Returns:
+        (student, method, per-epoch history).
+    """
+    torch.set_num_threads(rc.train.num_threads)
+    seed_everything(seed)
+    device = resolve_device(rc.train.device)
+    labels = cache.targets()
+    student, method = build_models(rc, cache.num_classes, teacher.embedding.shape[1])
+
+    def subset(name: str) -> ClipDataset:
+        return ClipDataset(cache.frames, labels, teacher.embedding, teacher.logits, cache.indices(name))
+
+    train_loader = make_loader(subset("training"), rc.train, shuffle=True, seed=seed, device=device)
+    val_loader = (
+        make_loader(subset("validation"), rc.train, shuffle=False, seed=seed, device=device)
+        if "validation" in cache.subsets
+        else None
+    )
+    history = train(student, method, train_loader, val_loader, rc.train, device, on_epoch)
+    return student.cpu(), method.cpu(), history
+
+
+def save_checkpoint(path: Path, student: torch.nn.Module, method: DistillMethod, meta: dict[str, Any]) -> None:
+    """Write {student, method state_dicts, meta} atomically (temp file + rename): no partial files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save({"student": student.state_dict(), "method": method.state_dict(), "meta": meta}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, rc: RunConfig) -> tuple[torch.nn.Module, DistillMethod, dict[str, Any]]:
+    """Rebuild student and method from :func:`save_checkpoint` output.
+
+    Raises:
+        DataError: the checkpoint is missing.
+    """
+    if not path.exists():
+        raise DataError(f"checkpoint {path} not found: run the matching distill stage first (`dvc repro`).")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    meta = ckpt["meta"]
+    student, method = build_models(rc, meta["num_classes"], meta["teacher_dim"])
+    student.load_state_dict(ckpt["student"])
+    method.load_state_dict(ckpt["method"])
+    return student.eval(), method.eval(), meta

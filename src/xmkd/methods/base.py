@@ -1,0 +1,148 @@
+"""The interface every distillation method implements, and the registry that names them.
+
+A method is an ``nn.Module`` holding its own learnable heads. Given the student's outputs, the frozen
+teacher's outputs and the labels, :meth:`DistillMethod.loss` returns named, already-weighted loss
+terms in two groups (see :class:`LossTerms`). One generic loop (:mod:`xmkd.train`) serves every
+method, so all methods share the student, optimiser, schedule, data and seeds.
+
+To add a method: write ``src/xmkd/methods/<name>.py`` with a subclass decorated by
+``@register("<name>")`` and import it in ``xmkd/methods/__init__.py``; give its hyper-parameters a
+params.yaml section and list that section in ``sections``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from xmkd.config import parse_section
+from xmkd.errors import ConfigError
+from xmkd.models.student import StudentOutput
+
+
+class TeacherBatch(NamedTuple):
+    """Frozen teacher outputs for a batch: embedding (B, D) and logits (B, C)."""
+
+    embedding: torch.Tensor
+    logits: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Sizes a method needs to build its heads: student dim d, teacher dim D, classes C."""
+
+    student_dim: int
+    teacher_dim: int
+    num_classes: int
+
+
+@dataclass
+class LossTerms:
+    """Named, weighted loss terms of one batch.
+
+    Attributes:
+        student: terms that update the student *and* the method's heads (summed, then backpropagated).
+        heads_only: terms that update only the method's own heads, never the student (backpropagated
+            with ``inputs=method.parameters()``); e.g. MNF's own classification and triplet terms.
+        logs: scalar diagnostics to log (no gradient).
+    """
+
+    student: dict[str, torch.Tensor] = field(default_factory=dict)
+    heads_only: dict[str, torch.Tensor] = field(default_factory=dict)
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class DistillMethod(nn.Module):
+    """Base class of distillation methods.
+
+    Class attributes:
+        name: registry name (set by :func:`register`).
+        sections: params.yaml sections the method reads, mapped to their config dataclasses.
+        ce_weight: weight of the student's cross-entropy ``CE(p_v, y)``, which the training loop adds.
+    """
+
+    name: ClassVar[str] = ""
+    sections: ClassVar[dict[str, type]] = {}
+
+    def __init__(self, dims: Dims, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.dims = dims
+        self.cfg = cfg
+
+    @property
+    def ce_weight(self) -> float:
+        """Weight of the student's cross-entropy term (1 unless the method mixes it, e.g. KD)."""
+        return 1.0
+
+    def loss(self, student: StudentOutput, teacher: TeacherBatch, labels: torch.Tensor) -> LossTerms:
+        """Distillation terms for a batch (the loop adds ``ce_weight * CE(p_v, y)`` itself).
+
+        Args:
+            student: outputs of the student on the batch.
+            teacher: frozen teacher outputs for the same clips (detached).
+            labels: (B,) int64 class indices.
+        """
+        return LossTerms()
+
+    def diagnostics(self, student: StudentOutput, teacher: TeacherBatch) -> dict[str, torch.Tensor]:
+        """Per-sample quantities for evaluation (e.g. MNF's gate mean), each (B,). None by default."""
+        return {}
+
+
+_REGISTRY: dict[str, type[DistillMethod]] = {}
+
+
+def register(name: str):  # noqa: ANN201 - decorator
+    """Class decorator registering a :class:`DistillMethod` under ``name``."""
+
+    def deco(cls: type[DistillMethod]) -> type[DistillMethod]:
+        if name in _REGISTRY:
+            raise ValueError(f"distillation method '{name}' registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def known_methods() -> list[str]:
+    """Names of all registered methods, sorted."""
+    return sorted(_REGISTRY)
+
+
+def method_class(name: str) -> type[DistillMethod]:
+    """Look a method up by name.
+
+    Raises:
+        ConfigError: for an unknown name; the message lists the known ones.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown distillation method '{name}'; known methods: {', '.join(known_methods())}. "
+            "Fix the name in params.yaml ('methods' list)."
+        ) from None
+
+
+def method_config(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Parse (strictly) the params sections method ``name`` reads; returns {section: dataclass}.
+
+    Raises:
+        ConfigError: unknown method, missing section, unknown or mistyped key.
+    """
+    cls = method_class(name)
+    out = {}
+    for section, cfg_cls in cls.sections.items():
+        if section not in params:
+            raise ConfigError(f"method '{name}' needs the params section '{section}', which is missing from params.yaml.")
+        out[section] = parse_section(cfg_cls, params[section], section)
+    return out
+
+
+def build_method(name: str, dims: Dims, cfg: dict[str, Any]) -> DistillMethod:
+    """Instantiate method ``name`` with its parsed sections ``cfg`` (see :func:`method_config`)."""
+    return method_class(name)(dims, cfg)

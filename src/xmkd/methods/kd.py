@@ -1,0 +1,66 @@
+"""``kd``: Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015, arXiv 1503.02531.
+
+Loss (the soft-target term scaled by T² so its gradients keep their size as T changes, Sec. 2):
+
+    L = (1 - α) · CE(p_v, y) + α · T² · KL( softmax(z_t / T) ‖ softmax(z_s / T) )
+
+averaged over the batch (``batchmean``), with z_t the frozen teacher logits and z_s the student logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from xmkd.methods.base import DistillMethod, LossTerms, TeacherBatch, register
+from xmkd.models.student import StudentOutput
+
+
+@dataclass(frozen=True)
+class KDConfig:
+    """``kd`` section. temperature: T > 0; alpha: α in [0, 1], weight of the soft-target term."""
+
+    temperature: float = 4.0
+    alpha: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"kd.temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"kd.alpha must be in [0, 1], got {self.alpha}")
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton soft-target loss ``T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))``, batch mean.
+
+    Args:
+        student_logits: (B, C) z_s.
+        teacher_logits: (B, C) z_t (treated as constants).
+        temperature: T > 0.
+
+    Returns:
+        Scalar tensor.
+    """
+    t = temperature
+    log_p_s = F.log_softmax(student_logits / t, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.detach() / t, dim=1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * t * t
+
+
+@register("kd")
+class HintonKD(DistillMethod):
+    """Logit distillation from the audio teacher (arXiv 1503.02531); no learnable heads."""
+
+    sections = {"kd": KDConfig}
+
+    @property
+    def ce_weight(self) -> float:
+        """(1 - α)."""
+        return 1.0 - self.cfg["kd"].alpha
+
+    def loss(self, student: StudentOutput, teacher: TeacherBatch, labels: torch.Tensor) -> LossTerms:
+        """``{"kd": α · T² · KL}`` on the student logits."""
+        c: KDConfig = self.cfg["kd"]
+        return LossTerms(student={"kd": c.alpha * kd_loss(student.logits, teacher.logits, c.temperature)})

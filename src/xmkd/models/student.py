@@ -1,0 +1,144 @@
+"""Video students built from factorised (2+1)D convolutions (Tran et al., "A Closer Look at
+Spatiotemporal Convolutions for Action Recognition", CVPR 2018, arXiv 1711.11248).
+
+Two architectures, selected by ``student.arch``:
+
+- ``r2plus1d_small``: a small R(2+1)D ResNet (one BasicBlock per stage, widths w, 2w, 4w, 8w) with a
+  stride-1 stem, sized for 8x32x32 clips on a laptop CPU. Its blocks are torchvision's own
+  ``BasicBlock``/``Conv2Plus1D``.
+- ``r2plus1d_18``: torchvision's ``r2plus1d_18`` from scratch (the paper-scale student, 512-d).
+
+Both return a :class:`StudentOutput` with the token feature map ``V`` that MNF attends over, its
+mean ``v`` and the logits ``p_v``, as the reference implementation's ``R2Plus1DNet`` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from torch import nn
+from torchvision.models.video import r2plus1d_18
+from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D
+
+# Kinetics-400 statistics used by torchvision's video models; frames arrive as uint8 RGB.
+_MEAN = (0.43216, 0.394666, 0.37645)
+_STD = (0.22803, 0.22145, 0.216989)
+
+
+class StudentOutput(NamedTuple):
+    """What a student returns.
+
+    Attributes:
+        feature_map: (B, N, d) tokens over T' x H' x W' (N = T'H'W'), the keys/values of MNF.
+        feature: (B, d) pooled feature ``v`` = mean of the tokens (the retrieval embedding).
+        logits: (B, C) class scores ``p_v``.
+    """
+
+    feature_map: torch.Tensor
+    feature: torch.Tensor
+    logits: torch.Tensor
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """``student`` section of params.yaml.
+
+    Attributes:
+        arch: ``r2plus1d_small`` (CPU default) or ``r2plus1d_18`` (torchvision, paper scale).
+        width: channels of the first stage of ``r2plus1d_small`` (stages: w, 2w, 4w, 8w); the
+            embedding dimension is ``8 * width``. Ignored by ``r2plus1d_18`` (512-d).
+    """
+
+    arch: Literal["r2plus1d_small", "r2plus1d_18"] = "r2plus1d_small"
+    width: int = 16
+
+    def __post_init__(self) -> None:
+        if self.width < 1:
+            raise ValueError(f"student.width must be >= 1, got {self.width}")
+
+    @property
+    def embed_dim(self) -> int:
+        """Dimension d of the student feature."""
+        return 512 if self.arch == "r2plus1d_18" else 8 * self.width
+
+
+def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 clips (B, T, H, W, 3) -> float (B, 3, T, H, W), normalised with Kinetics mean/std.
+
+    Runs on whatever device ``frames`` is on, so uint8 can be moved to a GPU first (4x fewer bytes).
+    """
+    x = frames.permute(0, 4, 1, 2, 3).float().div_(255.0)
+    mean = torch.tensor(_MEAN, device=x.device).view(1, 3, 1, 1, 1)
+    std = torch.tensor(_STD, device=x.device).view(1, 3, 1, 1, 1)
+    return (x - mean) / std
+
+
+def _layer(inplanes: int, planes: int, stride: int) -> nn.Module:
+    down = None
+    if stride != 1 or inplanes != planes:
+        down = nn.Sequential(
+            nn.Conv3d(inplanes, planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm3d(planes)
+        )
+    return BasicBlock(inplanes, planes, Conv2Plus1D, stride=stride, downsample=down)
+
+
+class R2Plus1DSmall(nn.Module):
+    """Small R(2+1)D ResNet for low-resolution clips.
+
+    Input (B, 3, T, H, W) float; stem (2+1)D 3x3 spatial, 3 temporal, stride 1; stages at strides
+    1, 2, 2, 2 (each stride-2 stage halves T, H and W). For 8x32x32 input the feature map is
+    (B, 8w, 1, 4, 4), i.e. 16 tokens.
+    """
+
+    def __init__(self, num_classes: int, width: int = 16, stem_stride: int = 2) -> None:
+        super().__init__()
+        w = width
+        mid = 3 * 3 * 3 * 3 * w // (3 * 3 * 3 + 3 * w)
+        self.stem = nn.Sequential(
+            nn.Conv3d(3, mid, kernel_size=(1, 3, 3), stride=(1, stem_stride, stem_stride), padding=(0, 1, 1), bias=False),
+            nn.BatchNorm3d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(mid, w, kernel_size=(3, 1, 1), padding=(1, 0, 0), bias=False),
+            nn.BatchNorm3d(w),
+            nn.ReLU(inplace=True),
+        )
+        self.layers = nn.Sequential(
+            _layer(w, w, 1), _layer(w, 2 * w, 2), _layer(2 * w, 4 * w, 2), _layer(4 * w, 8 * w, 2)
+        )
+        self.fc = nn.Linear(8 * w, num_classes)
+        self.embed_dim = 8 * w
+
+    def forward(self, x: torch.Tensor) -> StudentOutput:
+        """x: (B, 3, T, H, W) normalised float -> :class:`StudentOutput`."""
+        fmap = self.layers(self.stem(x))  # (B, d, T', H', W')
+        return _outputs(fmap, self.fc)
+
+
+class R2Plus1D18(nn.Module):
+    """torchvision ``r2plus1d_18`` (random init) exposing its last feature map as tokens."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        net = r2plus1d_18(weights=None, num_classes=num_classes)
+        self.stem, self.layers = net.stem, nn.Sequential(net.layer1, net.layer2, net.layer3, net.layer4)
+        self.fc = net.fc
+        self.embed_dim = 512
+
+    def forward(self, x: torch.Tensor) -> StudentOutput:
+        """x: (B, 3, T, H, W) normalised float (paper: 16x112x112) -> :class:`StudentOutput`."""
+        return _outputs(self.layers(self.stem(x)), self.fc)
+
+
+def _outputs(fmap: torch.Tensor, fc: nn.Module) -> StudentOutput:
+    tokens = fmap.flatten(2).transpose(1, 2)  # (B, N, d)
+    feature = tokens.mean(dim=1)  # (B, d) == global average pool
+    return StudentOutput(tokens, feature, fc(feature))
+
+
+def build_student(cfg: StudentConfig, num_classes: int) -> nn.Module:
+    """Build the student named by ``cfg.arch`` for ``num_classes`` classes (random init)."""
+    if cfg.arch == "r2plus1d_18":
+        return R2Plus1D18(num_classes)
+    return R2Plus1DSmall(num_classes, cfg.width)

@@ -1,0 +1,255 @@
+"""The one training loop every distillation method goes through, and its data plumbing.
+
+A batch is (uint8 frames, label, teacher embedding, teacher logits). Frames travel as uint8 (4x fewer
+bytes; pinned and copied non-blocking on CUDA) and are normalised on the device. Each step:
+
+    total_student = ce_weight · CE(p_v, y) + Σ LossTerms.student
+    total_heads   = Σ LossTerms.heads_only
+    total_heads.backward(inputs=method parameters, retain_graph=True)   # never reaches the student
+    total_student.backward()
+    optimiser.step()   # one Adam over student + method heads
+
+A non-finite loss stops training with a :class:`TrainingError` naming the term, epoch and step; the
+stage then writes nothing, so earlier outputs stay intact.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from xmkd.errors import TrainingError
+from xmkd.methods.base import DistillMethod, TeacherBatch
+from xmkd.models.student import StudentOutput, normalize_frames
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``train`` section of params.yaml.
+
+    Attributes:
+        epochs: training epochs (the last epoch's model is evaluated; no test-set model selection).
+        batch_size: clips per step.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay (L2, as ``torch.optim.Adam``).
+        milestones: epochs at which the learning rate is multiplied by ``gamma`` (MultiStepLR).
+        gamma: learning-rate decay factor.
+        device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``.
+        num_threads: CPU threads for torch (intra-op).
+        num_workers: DataLoader worker processes (0 = load in the main process).
+        amp: bf16 autocast on CUDA (ignored on the CPU).
+    """
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    milestones: list[int] | None = None
+    gamma: float = 0.1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = 2
+    num_workers: int = 0
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("train.epochs and train.batch_size must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA if available else CPU.
+
+    Raises:
+        TrainingError: ``cuda`` requested but not available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device is 'cuda' but no CUDA device is available: set train.device: auto or cpu.")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class ClipDataset(Dataset):
+    """Clips of one subset with their frozen teacher outputs.
+
+    Args:
+        frames: (N_all, T, H, W, 3) uint8 array (may be a memmap).
+        labels: (N_all,) int64.
+        teacher_embedding: (N_all, D) float32; teacher_logits: (N_all, C) float32.
+        indices: rows of this subset.
+        in_memory: copy this subset's frames into RAM (fast for small benchmarks).
+    """
+
+    def __init__(
+        self,
+        frames: np.ndarray,
+        labels: np.ndarray,
+        teacher_embedding: np.ndarray,
+        teacher_logits: np.ndarray,
+        indices: np.ndarray,
+        in_memory: bool = True,
+    ) -> None:
+        self.indices = np.asarray(indices)
+        self.frames = np.ascontiguousarray(frames[self.indices]) if in_memory else frames
+        self.in_memory = in_memory
+        self.labels = torch.as_tensor(labels[self.indices], dtype=torch.long)
+        self.emb = torch.as_tensor(np.asarray(teacher_embedding[self.indices]), dtype=torch.float32)
+        self.logits = torch.as_tensor(np.asarray(teacher_logits[self.indices]), dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        row = i if self.in_memory else int(self.indices[i])
+        return torch.from_numpy(np.asarray(self.frames[row])), self.labels[i], self.emb[i], self.logits[i]
+
+
+def make_loader(ds: Dataset, cfg: TrainConfig, shuffle: bool, seed: int, device: torch.device) -> DataLoader:
+    """DataLoader with a seeded shuffling generator (same seed -> same batch order)."""
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        shuffle=shuffle,
+        generator=g,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0,
+    )
+
+
+def _to(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    return tuple(t.to(device, non_blocking=True) for t in batch)
+
+
+def _autocast(device: torch.device, amp: bool) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+
+
+@torch.no_grad()
+def predict(
+    student: nn.Module,
+    method: DistillMethod | None,
+    loader: DataLoader,
+    device: torch.device,
+    amp: bool = True,
+) -> dict[str, np.ndarray]:
+    """Run the student (and the method's diagnostics) in eval mode over a loader.
+
+    Returns:
+        {"logits": (N, C), "features": (N, d), "labels": (N,), plus each diagnostic (N,)}, float32 numpy.
+    """
+    student.eval()
+    if method is not None:
+        method.eval()
+    out: dict[str, list[np.ndarray]] = defaultdict(list)
+    for batch in loader:
+        frames, y, emb, logits_t = _to(batch, device)
+        with _autocast(device, amp):
+            s: StudentOutput = student(normalize_frames(frames))
+            diag = method.diagnostics(s, TeacherBatch(emb, logits_t)) if method is not None else {}
+        out["logits"].append(s.logits.float().cpu().numpy())
+        out["features"].append(s.feature.float().cpu().numpy())
+        out["labels"].append(y.cpu().numpy())
+        for k, v in diag.items():
+            out[k].append(v.float().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def train(
+    student: nn.Module,
+    method: DistillMethod,
+    train_loader: DataLoader,
+    val_loader: DataLoader | None,
+    cfg: TrainConfig,
+    device: torch.device,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """Train ``student`` with ``method`` (one loop for every method).
+
+    Args:
+        student: module mapping (B, 3, T, H, W) to :class:`StudentOutput`.
+        method: the distillation method (its parameters are trained with the student).
+        train_loader / val_loader: batches of (frames uint8, labels, teacher emb, teacher logits).
+        cfg: optimisation settings.
+        device: where to train.
+        on_epoch: called after each epoch with (epoch, metrics) (e.g. to log to MLflow).
+
+    Returns:
+        Per-epoch metrics: mean of every loss term, ``train_top1``, ``val_top1``, ``lr``, ``seconds``.
+
+    Raises:
+        TrainingError: a loss term is NaN or infinite.
+    """
+    student.to(device)
+    method.to(device)
+    params = [*student.parameters(), *method.parameters()]
+    head_params = [p for p in method.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones or []), gamma=cfg.gamma)
+    history: list[dict[str, float]] = []
+    for epoch in range(1, cfg.epochs + 1):
+        student.train()
+        method.train()
+        t0 = time.perf_counter()
+        sums: dict[str, float] = defaultdict(float)
+        n_seen, n_correct = 0, 0
+        for step, batch in enumerate(train_loader):
+            frames, y, emb, logits_t = _to(batch, device)
+            with _autocast(device, cfg.amp):
+                s: StudentOutput = student(normalize_frames(frames))
+                terms = method.loss(s, TeacherBatch(emb, logits_t), y)
+                ce = method.ce_weight * F.cross_entropy(s.logits.float(), y)
+            student_terms = {"ce": ce, **terms.student}
+            for name, value in {**student_terms, **terms.heads_only}.items():
+                v = float(value.detach())
+                if not math.isfinite(v):
+                    raise TrainingError(
+                        f"loss term '{name}' = {v} at epoch {epoch}, step {step} (method '{method.name}'): "
+                        "training diverged. Lower train.lr, check the method's weights in params.yaml, or check the "
+                        "input features; no output of this stage was written, earlier results are untouched."
+                    )
+                sums[f"loss/{name}"] += v * len(y)
+            for k, v in terms.logs.items():
+                sums[k] += v * len(y)
+            opt.zero_grad(set_to_none=True)
+            if terms.heads_only:
+                sum(terms.heads_only.values()).backward(inputs=head_params, retain_graph=True)
+            sum(student_terms.values()).backward()
+            opt.step()
+            n_seen += len(y)
+            n_correct += int((s.logits.argmax(1) == y).sum())
+        sched.step()
+        metrics = {k: v / n_seen for k, v in sums.items()}
+        metrics["loss/total"] = sum(v for k, v in metrics.items() if k.startswith("loss/"))
+        metrics["train_top1"] = n_correct / n_seen
+        metrics["lr"] = opt.param_groups[0]["lr"]
+        metrics["seconds"] = time.perf_counter() - t0
+        if val_loader is not None:
+            pred = predict(student, method, val_loader, device, cfg.amp)
+            metrics["val_top1"] = float((pred["logits"].argmax(1) == pred["labels"]).mean())
+        history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    return history
