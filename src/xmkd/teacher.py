@@ -128,3 +128,46 @@ def embed(model: AudioCNN, mels: torch.Tensor, device: torch.device | None = Non
         embs.append(out.embedding.cpu().numpy())
         logits.append(out.logits.cpu().numpy())
     return np.concatenate(embs).astype(np.float32), np.concatenate(logits).astype(np.float32)
+
+
+def make_augment(
+    recordings: list[np.ndarray],
+    backgrounds: list[np.ndarray],
+    n_samples: int,
+    cfg: TeacherConfig,
+    target_rms: float,
+) -> Augment:
+    """Training-time mixing: a recording at a random offset (random crop if longer than the window),
+    plus, with probability ``cfg.background_prob``, a random background segment at an SNR drawn
+    uniformly from ``cfg.snr_db``; normalised to ``target_rms`` (the benchmark's level) and clipped.
+
+    Args:
+        recordings: mono waveforms (S_i,) at the log-mel sample rate.
+        backgrounds: mono background waveforms (S_j,), each at least ``n_samples`` long.
+        n_samples: window length in samples.
+    """
+
+    def augment(rng: np.random.Generator, i: int, force_snr: float | None = None) -> np.ndarray:
+        rec = recordings[i].astype(np.float64)
+        x = np.zeros(n_samples)
+        if rec.shape[0] > n_samples:
+            s = int(rng.integers(0, rec.shape[0] - n_samples + 1))
+            seg, off = rec[s : s + n_samples], 0
+        else:
+            seg, off = rec, int(rng.integers(0, n_samples - rec.shape[0] + 1))
+        x[off : off + seg.shape[0]] = seg
+        add_bg = force_snr is not None or rng.random() < cfg.background_prob
+        if add_bg and backgrounds:
+            bg = backgrounds[int(rng.integers(len(backgrounds)))].astype(np.float64)
+            s = int(rng.integers(0, max(1, bg.shape[0] - n_samples + 1)))
+            b = np.pad(bg[s : s + n_samples], (0, max(0, n_samples - bg[s:].shape[0])))[:n_samples]
+            snr = force_snr if force_snr is not None else rng.uniform(*cfg.snr_db)
+            p_s, p_b = float(np.mean(seg**2)), float(np.mean(b**2))
+            if p_b > 0:
+                x = x + np.sqrt(p_s / (p_b * 10.0 ** (snr / 10.0))) * b
+        level = float(np.sqrt(np.mean(x**2)))
+        if level > 0:
+            x = x * (target_rms / level)
+        return np.clip(x, -1.0, 1.0).astype(np.float32)
+
+    return augment  # type: ignore[return-value]

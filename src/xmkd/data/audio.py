@@ -6,17 +6,11 @@ representation at pretraining time and when it embeds the benchmark's clips.
 
 from __future__ import annotations
 
-import os
-import wave
 from dataclasses import dataclass
 from functools import lru_cache
 
-import numpy as np
-
 import torch
 import torchaudio
-
-from xmkd.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -84,25 +78,3 @@ def logmel(wave: torch.Tensor, cfg: LogMelConfig) -> torch.Tensor:
     peak = db.amax(dim=(-2, -1), keepdim=True)
     return torch.maximum(db, peak - cfg.top_db).float()
 
-
-def read_wav(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
-    """Read a PCM WAV file (8/16/32-bit integer) as mono float32 in [-1, 1].
-
-    Returns:
-        (samples (S,) float32, sample rate in Hz). Multi-channel files are averaged to mono.
-
-    Raises:
-        DataError: the file is missing or not a PCM WAV file.
-    """
-    try:
-        with wave.open(str(path), "rb") as w:
-            n_ch, width, rate, n = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
-            raw = w.readframes(n)
-    except (OSError, EOFError, wave.Error) as e:
-        raise DataError(f"cannot read WAV file {path}: {e}. Re-run the 'sources' stage to restore the raw data.") from e
-    dtype = {1: np.uint8, 2: np.int16, 4: np.int32}.get(width)
-    if dtype is None:
-        raise DataError(f"{path}: unsupported WAV sample width {width} bytes (expected 1, 2 or 4).")
-    x = np.frombuffer(raw, dtype=dtype).astype(np.float32)
-    x = (x - 128.0) / 128.0 if width == 1 else x / float(np.iinfo(dtype).max + 1)
-    return x.reshape(-1, n_ch).mean(axis=1), rate

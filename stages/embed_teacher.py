@@ -1,0 +1,75 @@
+"""Stage embed_teacher: the frozen audio teacher embeds every clip from that clip's own sound track.
+
+Outputs: data/teacher/{embeddings.npy (N, D), logits.npy (N, C) in the annotation's label order,
+ids.txt (the clip id of each row, the feature cache's order)}; metrics/teacher.json: teacher top-1 on
+the test clips, overall and per audio condition (clean / background / mismatched).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from xmkd.cli import run_main
+from xmkd.data.audio import LogMelConfig
+from xmkd.data.features import FeatureCache, config_from_params
+from xmkd.config import load_params, parse_section
+from xmkd.errors import DataError
+from xmkd.models.teacher import AudioCNN, TeacherNetConfig
+from xmkd.teacher import embed
+from xmkd.tracking import stage_run
+
+OUT = Path("data/teacher")
+PROVENANCE = Path("data/benchmark/provenance.parquet")
+
+
+def main() -> None:
+    mel = config_from_params(load_params()).logmel_config()
+    ckpt = torch.load("models/teacher.pt", map_location="cpu", weights_only=True)
+    if LogMelConfig(**ckpt["logmel"]) != mel:
+        raise DataError(
+            "the teacher was trained on other log-mel settings than params.yaml 'features' now gives: "
+            "re-run `dvc repro train_teacher`."
+        )
+    cache = FeatureCache("data/features")
+    classes = ckpt["classes"]
+    missing = [lbl for lbl in cache.labels if lbl not in classes]
+    if missing:
+        raise DataError(
+            f"the audio teacher knows the classes {classes}, but the annotation has labels {missing[:5]}: this "
+            "teacher only serves the digit benchmark; other datasets import precomputed teacher embeddings."
+        )
+    net = parse_section(TeacherNetConfig, ckpt["config"]["net"], "teacher.net")
+    model = AudioCNN(len(classes), net, mel.n_mels)
+    model.load_state_dict(ckpt["state_dict"])
+    torch.set_num_threads(2)
+    with stage_run("embed_teacher", params={"teacher_classes": classes}) as run:
+        emb, logits = embed(model, torch.from_numpy(np.array(cache.logmel)))
+        logits = logits[:, [classes.index(lbl) for lbl in cache.labels]]  # -> annotation label order
+        test_idx = cache.indices("testing")
+        correct = logits[test_idx].argmax(1) == cache.targets()[test_idx]
+        metrics = {"test_top1": float(correct.mean())}
+        if PROVENANCE.exists():
+            prov = pd.read_parquet(PROVENANCE, columns=["id", "audio_condition"]).set_index("id")
+            cond = prov.loc[cache.manifest["id"].to_numpy()[test_idx], "audio_condition"].to_numpy()
+            metrics |= {f"test_top1/{c}": float(correct[cond == c].mean()) for c in sorted(set(cond))}
+        OUT.mkdir(parents=True, exist_ok=True)
+        for name, arr in (("embeddings", emb), ("logits", logits)):
+            np.save(OUT / f".{name}.tmp.npy", arr)
+            os.replace(OUT / f".{name}.tmp.npy", OUT / f"{name}.npy")
+        (OUT / "ids.txt").write_text("".join(f"{i}\n" for i in cache.manifest["id"]))
+        Path("metrics/teacher.json").write_text(
+            json.dumps({k: round(v, 6) for k, v in sorted(metrics.items())}, indent=1) + "\n"
+        )
+        run.log_metrics(metrics)
+        run.log_artifact("metrics/teacher.json")
+        print("teacher on the clips: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,251 @@
+"""Stage 2 (benchmark build) on a small subset of the real data: real MP4s, annotation format,
+provenance, split hygiene, exact condition counts, determinism and subset-independence."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xmkd.data import benchmark as bm
+from xmkd.data.sources import FSDD_DIR, MIRROR_ENV
+from xmkd.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+MIRROR = Path(os.environ.get(MIRROR_ENV) or REPO.parent / "shared" / "datasets")
+pytestmark = pytest.mark.skipif(
+    not (MIRROR / FSDD_DIR).is_dir(), reason=f"data mirror {MIRROR} not found (set {MIRROR_ENV})"
+)
+
+SMALL = bm.BenchmarkConfig(n_train=40, n_val=10, n_test=20)
+PROVENANCE_NAMES = [name for name, _ in bm.PROVENANCE_COLUMNS]
+
+
+@pytest.fixture(scope="module")
+def raw() -> bm.RawData:
+    return bm.load_raw(MIRROR, SMALL.sample_rate)
+
+
+@pytest.fixture(scope="module")
+def built(raw: bm.RawData, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bm.BenchmarkResult]:
+    out = tmp_path_factory.mktemp("bench") / "benchmark"
+    return out, bm.build_benchmark(SMALL, raw, out, workers=2)
+
+
+@pytest.fixture(scope="module")
+def provenance(built: tuple[Path, bm.BenchmarkResult]):  # noqa: ANN201 - pandas.DataFrame
+    import pyarrow.parquet as pq
+
+    return pq.read_table(built[0] / "provenance.parquet").to_pandas()
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_videos_are_real_mp4_with_h264_and_aac(built: tuple[Path, bm.BenchmarkResult], provenance) -> None:  # noqa: ANN001
+    import av
+
+    out, _ = built
+    assert len(list((out / "videos").rglob("*.mp4"))) == 70
+    for rel in provenance["path"]:
+        with av.open(str(out / rel)) as c:
+            assert c.format.name.startswith("mov,mp4")
+            assert [s.codec_context.name for s in c.streams.video] == ["h264"]
+            assert [s.codec_context.name for s in c.streams.audio] == ["aac"]
+            v, a = c.streams.video[0], c.streams.audio[0]
+            assert (v.width, v.height, v.average_rate) == (32, 32, 8)
+            assert (a.rate, a.layout.name) == (8000, "mono")
+            assert abs(float(c.duration) / 1e6 - SMALL.frames / SMALL.fps) < 0.15
+        with av.open(str(out / rel)) as c:
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        with av.open(str(out / rel)) as c:
+            sound = np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)
+        assert len(frames) == SMALL.frames and frames[0].shape == (32, 32, 3)
+        assert np.abs(frames[0][..., 0].astype(int) - frames[0][..., 2]).max() <= 2  # gray
+        assert max(f.max() for f in frames) > 100  # a visible digit
+        assert sound.shape[0] == 1 and SMALL.n_samples <= sound.shape[1] <= SMALL.n_samples + 1024
+        assert 0.02 < np.sqrt(np.mean(sound[0, : SMALL.n_samples] ** 2)) < 0.1  # ~TARGET_RMS after AAC
+
+
+def test_decoded_content_matches_the_rendered_clip(built: tuple[Path, bm.BenchmarkResult], raw: bm.RawData) -> None:
+    import av
+
+    out, _ = built
+    plans = bm.plan_split(SMALL, "train", raw)[:3]
+    digits, _ = bm.prepare_digits(SMALL, raw, [p for s in bm.SPLITS for p in bm.plan_split(SMALL, s, raw)])
+    for p in plans:
+        frames = bm.render_video(p, digits[(p.mnist_origin, p.mnist_index)], SMALL)
+        audio = bm.render_audio(p, raw, SMALL.n_samples)
+        with av.open(str(out / p.path)) as c:
+            decoded = np.stack([f.to_ndarray(format="gray") for f in c.decode(video=0)])
+        with av.open(str(out / p.path)) as c:
+            sound = np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)[0, : SMALL.n_samples]
+        assert np.abs(decoded.astype(float) - frames).mean() < 3.0  # crf 18: near-lossless
+        assert np.corrcoef(sound, audio)[0, 1] > 0.95
+
+
+def test_annotation_format(built: tuple[Path, bm.BenchmarkResult]) -> None:
+    out, _ = built
+    text = (out / "annotation.json").read_text()
+    assert text.endswith("}\n")
+    ann = json.loads(text)
+    assert set(ann) == {"labels", "database"} and ann["labels"] == [str(d) for d in range(10)]
+    db = ann["database"]
+    assert len(db) == 70 and list(db) == sorted(db)
+    subsets = {"train": "training", "val": "validation", "test": "testing"}
+    for cid, entry in db.items():
+        split = re.fullmatch(r"(train|val|test)_\d{5}", cid).group(1)  # type: ignore[union-attr]
+        assert entry == {"subset": subsets[split], "label": entry["label"]} and entry["label"] in ann["labels"]
+        assert (out / "videos" / entry["label"] / f"{cid}.mp4").is_file()
+    for split, n in (("training", 40), ("validation", 10), ("testing", 20)):
+        labels = [e["label"] for e in db.values() if e["subset"] == split]
+        assert len(labels) == n and all(labels.count(str(d)) == n // 10 for d in range(10))
+
+
+def test_provenance_columns_and_split_hygiene(provenance, raw: bm.RawData) -> None:  # noqa: ANN001
+    df = provenance
+    assert list(df.columns) == PROVENANCE_NAMES and list(df["id"]) == sorted(df["id"])
+    origin = {"training": "train", "validation": "train", "testing": "test"}
+    assert (df["mnist_origin"] == df["subset"].map(origin)).all()
+    for o in ("train", "test"):
+        rows = df[df["mnist_origin"] == o]
+        assert rows["mnist_index"].is_unique  # distinct images, and train/val never share one
+        assert (raw.mnist[o][1][rows["mnist_index"]] == rows["label"]).all()  # the image shows the label
+    speech = df[df["audio_condition"] != "background"]
+    takes = speech["fsdd_file"].str.extract(r"^\d_[a-z]+_(\d+)\.wav$")[0].astype(int)
+    spoken = speech["fsdd_file"].str[0].astype(int)
+    assert (spoken == speech["spoken_digit"]).all()
+    assert ((takes < 5) == (speech["subset"] == "testing")).all()  # FSDD official split
+    test_pool, trainval_pool = set(bm.esc50_pool(raw, "test")), set(bm.esc50_pool(raw, "trainval"))
+    assert not test_pool & trainval_pool and len(test_pool) == 100 and len(trainval_pool) == 300
+    for _, r in df.iterrows():
+        assert r["esc50_file"] in (test_pool if r["subset"] == "testing" else trainval_pool)
+        if r["audio_condition"] == "clean":
+            assert r["spoken_digit"] == r["label"] and SMALL.snr_db[0] <= r["snr_db"] <= SMALL.snr_db[1]
+        elif r["audio_condition"] == "mismatched":
+            assert r["spoken_digit"] != r["label"] and r["spoken_digit"] >= 0
+        else:
+            assert r["spoken_digit"] == -1 and pd.isna(r["fsdd_file"]) and math.isnan(r["snr_db"])
+            assert r["fsdd_crop_start"] == -1 and r["speech_offset"] == -1
+        assert 0 <= r["start_x"] <= 8 and 0 <= r["start_y"] <= 8
+        assert 1.0 <= math.hypot(r["velocity_x"], r["velocity_y"]) <= 2.5
+
+
+def test_provenance_schema_is_fixed(built: tuple[Path, bm.BenchmarkResult]) -> None:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(built[0] / "provenance.parquet")
+    assert [(f.name, str(f.type)) for f in table.schema] == [
+        (n, {"string": "string", "int64": "int64", "float64": "double"}[k]) for n, k in bm.PROVENANCE_COLUMNS
+    ]
+    assert table.schema.metadata is None  # no pandas index / metadata
+    cond = table.column("audio_condition").to_pylist()
+    files = table.column("fsdd_file").to_pylist()
+    assert all((f is None) == (c == "background") for f, c in zip(files, cond, strict=True))
+
+
+def test_irrelevant_counts_are_exact(provenance, built: tuple[Path, bm.BenchmarkResult]) -> None:  # noqa: ANN001
+    _, result = built
+    for subset, split, n in (("training", "train", 40), ("validation", "val", 10), ("testing", "test", 20)):
+        cond = provenance.loc[provenance["subset"] == subset, "audio_condition"]
+        n_irr = bm.round_half_up(SMALL.irrelevant_rate * n)
+        n_mis = bm.round_half_up(SMALL.mismatch_share * n_irr)
+        assert (cond != "clean").sum() == n_irr and (cond == "mismatched").sum() == n_mis
+        assert result.counts[split] == {
+            "clips": n,
+            "clean": n - n_irr,
+            "mismatched": n_mis,
+            "background": n_irr - n_mis,
+        }
+    recipe = json.loads((built[0] / "recipe.json").read_text())
+    assert recipe["counts"] == result.counts and len(recipe["pca"]["explained_variance_ratio"]) == SMALL.pca_keep
+    assert 0 < recipe["pca"]["explained_variance_kept"] < 1
+
+
+def test_full_size_condition_counts_balanced_over_digits() -> None:
+    cfg = bm.BenchmarkConfig()
+    for split in bm.SPLITS:
+        n = cfg.n_clips(split)
+        counts = np.zeros((10, 3), dtype=int)
+        for labels, cond in bm._blocks(cfg, split):
+            for d in labels:
+                counts[d, bm.CONDITIONS.index(cond[d])] += 1
+        n_irr = bm.round_half_up(cfg.irrelevant_rate * n)
+        assert counts[:, 1:].sum() == n_irr and counts[:, 1].sum() == bm.round_half_up(cfg.mismatch_share * n_irr)
+        assert np.ptp(counts[:, 0]) <= 1 and np.ptp(counts[:, 1]) <= 2 and np.ptp(counts[:, 2]) <= 2
+
+
+def test_build_is_deterministic_and_independent_of_worker_count(
+    built: tuple[Path, bm.BenchmarkResult], raw: bm.RawData, tmp_path: Path
+) -> None:
+    again = tmp_path / "benchmark"
+    bm.build_benchmark(SMALL, raw, again, workers=0)  # in-process encoding
+    assert _digest(again) == _digest(built[0])  # every byte: videos, annotation, provenance, recipe
+
+
+def test_clip_content_does_not_depend_on_n(provenance, raw: bm.RawData, tmp_path: Path) -> None:  # noqa: ANN001
+    import pyarrow.parquet as pq
+
+    bigger = replace(SMALL, n_train=60, n_test=30)
+    bm.build_benchmark(bigger, raw, tmp_path / "b", workers=2)
+    big = pq.read_table(tmp_path / "b" / "provenance.parquet").to_pandas().set_index("id")
+    small = provenance.set_index("id")
+    assert len(big) == 100
+    row = small.loc["train_00003"]
+    assert big.loc["train_00003"].equals(row)
+    assert big.loc[small.index].equals(small)  # every clip of the subset, field for field (NaNs included)
+
+
+def test_render_audio_hits_the_snr_and_level(raw: bm.RawData) -> None:
+    plan = next(p for p in bm.plan_split(SMALL, "train", raw) if p.audio_condition == "clean")
+    n = SMALL.n_samples
+    mix = bm.render_audio(plan, raw, n).astype(np.float64)
+    seg = raw.fsdd[plan.fsdd_file][plan.fsdd_crop_start : plan.fsdd_crop_start + n].astype(np.float64)
+    speech = np.zeros(n)
+    speech[plan.speech_offset : plan.speech_offset + seg.size] = seg
+    bg = raw.esc50[plan.esc50_file][plan.esc50_offset : plan.esc50_offset + n].astype(np.float64)
+    (a, b), *_ = np.linalg.lstsq(np.stack([speech, bg], axis=1), mix, rcond=None)  # mix = a*speech + b*bg
+    snr = 10 * np.log10(a**2 * np.mean(seg**2) / (b**2 * np.mean(bg**2)))
+    assert abs(snr - plan.snr_db) < 0.05
+    assert abs(np.sqrt(np.mean(mix**2)) - bm.TARGET_RMS) < 1e-4
+
+
+def test_motion_stays_in_frame_and_bounces(raw: bm.RawData) -> None:
+    lim = SMALL.size - SMALL.digit_size
+    bounced = 0
+    for p in bm.plan_split(SMALL, "train", raw):
+        xs, ys = bm.trajectory(p, SMALL)
+        assert xs.min() >= 0 and ys.min() >= 0 and xs.max() <= lim and ys.max() <= lim
+        step = np.hypot(np.diff(xs), np.diff(ys))
+        assert step.max() <= SMALL.speed[1] + 1.5
+        bounced += int(np.any(np.diff(np.sign(np.diff(xs))) != 0) or np.any(np.diff(np.sign(np.diff(ys))) != 0))
+    assert bounced > 0
+
+
+def test_config_is_strict() -> None:
+    with pytest.raises(ConfigError, match="pca_kep"):
+        bm.config_from_params({"benchmark": {"pca_kep": 8}})
+    with pytest.raises(ConfigError, match="multiple of 10"):
+        bm.config_from_params({"benchmark": {"n_train": 45}})
+    with pytest.raises(ConfigError, match="speed"):
+        bm.config_from_params({"benchmark": {"speed": [3.0, 1.0]}})
+    cfg = bm.config_from_params({"benchmark": {"speed": [1, 2], "n_test": 30}})
+    assert cfg.speed == (1.0, 2.0) and cfg.n_test == 30 and cfg.n_samples == 8000
+
+
+def test_too_many_clips_for_distinct_images(raw: bm.RawData) -> None:
+    with pytest.raises(ConfigError, match="distinct MNIST images"):
+        bm.plan_split(replace(SMALL, n_train=4600, n_val=500), "train", raw)

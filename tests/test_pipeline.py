@@ -1,0 +1,163 @@
+"""End to end: `dvc repro` and `dvc exp run -S csc.temperature=0.1` in a temporary git repo on tiny params,
+then the metrics files, the report, and the MLflow runs as `mlflow ui` serves them (REST API).
+
+Slow (a few minutes): it runs every stage of the real pipeline on real data from the mirror.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MIRROR = Path(os.environ.get("XMKD_DATA_MIRROR", ROOT.parent / "shared" / "datasets"))
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not MIRROR.is_dir(), reason=f"no data mirror at {MIRROR} (set XMKD_DATA_MIRROR)"),
+]
+
+TINY = {
+    "methods": ["none", "kd", "mnf_csc"],
+    "seeds": [0],
+    "benchmark": {"n_train": 60, "n_val": 20, "n_test": 40},
+    "teacher": {"epochs": 1},
+    "student": {"width": 4},
+    "train": {"epochs": 1, "batch_size": 16, "milestones": []},
+}
+
+
+def _env(repo: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(
+        DVC_NO_ANALYTICS="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        XMKD_DATA_MIRROR=str(MIRROR),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
+    )
+    return env
+
+
+def _run(args: list[str], repo: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, cwd=repo, env=_env(repo), capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) else v
+    return out
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("pipeline")
+    for name in ("dvc.yaml", ".gitignore", "pyproject.toml"):
+        shutil.copy2(ROOT / name, repo / name)
+    for d in ("stages", "src"):
+        shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False, default_flow_style=False))
+    _run(["git", "init", "-q"], repo)
+    _run(["dvc", "init", "-q"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "tiny pipeline"], repo)
+    _run(["dvc", "repro"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "repro"], repo)
+    return repo
+
+
+def test_repro_writes_metrics_and_report(repo: Path) -> None:
+    for m in TINY["methods"]:
+        ev = json.loads((repo / f"metrics/eval/{m}-0.json").read_text())
+        for k in ("top1", "top5", "mean_class_acc", "R@1", "R@5", "R@10", "mAP"):
+            assert 0.0 <= ev[k] <= 1.0, (m, k)
+        assert (repo / f"models/students/{m}-0.pt").exists()
+    assert "gate_auroc" in json.loads((repo / "metrics/eval/mnf_csc-0.json").read_text())
+    table = (repo / "reports/results.md").read_text()
+    for m in TINY["methods"]:
+        assert f"| {m} |" in table
+    for f in ("results.csv", "accuracy.png", "training_curves.png"):
+        assert (repo / "reports" / f).stat().st_size > 0
+    teacher = json.loads((repo / "metrics/teacher.json").read_text())
+    assert {"test_top1", "test_top1/clean", "test_top1/background", "test_top1/mismatched"} <= set(teacher)
+    # nothing changed -> nothing re-runs
+    out = _run(["dvc", "repro"], repo).stdout
+    assert "Running stage" not in out
+
+
+def test_exp_run_reruns_only_what_depends_on_csc(repo: Path) -> None:
+    out = _run(["dvc", "exp", "run", "-S", "csc.temperature=0.1"], repo).stdout
+    assert "Running stage 'distill@mnf_csc-0'" in out and "Running stage 'evaluate@mnf_csc-0'" in out
+    assert "Running stage 'report'" in out
+    for stage in ("distill@none-0", "distill@kd-0", "evaluate@kd-0", "train_teacher", "extract_features"):
+        assert f"Running stage '{stage}'" not in out, stage
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo).stdout)
+    text = json.dumps(shown)
+    assert "summary.json" in text and "0.1" in text
+
+
+def test_mistyped_override_is_rejected(repo: Path) -> None:
+    proc = _run(["dvc", "exp", "run", "-S", "csc.temprature=0.2"], repo, check=False)
+    assert proc.returncode != 0
+    assert "temprature" in proc.stdout + proc.stderr
+
+
+def test_mlflow_ui_lists_parent_and_child_runs(repo: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ui = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{repo}/mlflow.db",
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=repo, env=_env(repo), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/experiments/get-by-name?experiment_name=xmkd", timeout=5) as r:
+                    exp_id = json.load(r)["experiment"]["experiment_id"]
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
+        req = urllib.request.Request(
+            f"{base}/runs/search", data=json.dumps({"experiment_ids": [exp_id], "max_results": 1000}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            runs = json.load(r)["runs"]
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)
+    tags = [{t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in runs]
+    parents = {run["info"]["run_id"] for run, t in zip(runs, tags) if t.get("xmkd.kind") == "pipeline"}
+    children = [t for t in tags if t.get("xmkd.kind") == "stage"]
+    assert len(parents) >= 2  # the repro and the experiment (the rejected -S typo never starts a stage)
+    assert children and all(t.get("mlflow.parentRunId") in parents for t in children)
+    stages = {t["dvc.stage"] for t in children}
+    assert {"sources", "build_benchmark", "extract_features", "train_teacher", "distill@mnf_csc-0", "report"} <= stages
+    assert any(t.get("dvc.exp_name") for t in children)  # stages of `dvc exp run` carry the experiment name
+    assert all(len(t.get("mlflow.source.git.commit", "")) == 40 for t in children)
+    distill = [run for run, t in zip(runs, tags) if t.get("dvc.stage") == "distill@kd-0"][0]
+    metrics = {m["key"] for m in distill["data"]["metrics"]}
+    assert {"val_top1", "loss/ce", "loss/kd"} <= metrics
