@@ -33,7 +33,8 @@ def main() -> None:
             rc, args.seed, cache, teacher, on_epoch=lambda e, m: tracker.log_metrics(m, step=e)
         )
         meta = {"method": rc.method, "seed": args.seed, "num_classes": cache.num_classes,
-                "teacher_dim": int(teacher.embedding.shape[1]), "config": rc.to_json()}
+                "teacher_dim": int(teacher.embedding.shape[1]), "config": rc.to_json(),
+                "num_train": len(cache.indices("training"))}
         ckpt = Path(f"models/students/{run}.pt")
         save_checkpoint(ckpt, student, method, meta)
         out = Path(f"metrics/train/{run}.json")

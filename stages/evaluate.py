@@ -10,6 +10,7 @@ Usage: python stages/evaluate.py --method mnf_csc --seed 0  ->  metrics/eval/<me
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def main() -> None:
     student.to(device)
     method.to(device)
     labels = cache.targets()
-    loader_cfg = rc.train.__class__(**{**rc.train.__dict__, "batch_size": cfg.batch_size})
+    loader_cfg = dataclasses.replace(rc.train, batch_size=cfg.batch_size)
 
     def infer(subset: str) -> dict[str, np.ndarray]:
         ds = ClipDataset(cache.frames, labels, teacher.embedding, teacher.logits, cache.indices(subset))

@@ -118,7 +118,7 @@ def test_training_loop_runs_every_method_and_stops_on_nan() -> None:
     frames = torch.randint(0, 256, (12, T, H, W, 3), dtype=torch.uint8)
     y = torch.arange(12) % C
     emb, logits = torch.rand(12, 64), torch.randn(12, C)
-    loader = DataLoader(TensorDataset(frames, y, emb, logits), batch_size=6)
+    loader = DataLoader(TensorDataset(frames, y, emb, logits, torch.arange(12)), batch_size=6)
     cfg = TrainConfig(epochs=1, batch_size=6, device="cpu")
     for name in ("none", "kd", "mnf_csc"):
         torch.manual_seed(0)
@@ -127,7 +127,7 @@ def test_training_loop_runs_every_method_and_stops_on_nan() -> None:
         method = build_method(name, Dims(64, 64, C), method_config(name, params))
         hist = train(student, method, loader, loader, cfg, torch.device("cpu"))
         assert len(hist) == 1 and 0.0 <= hist[0]["val_top1"] <= 1.0 and hist[0]["loss/ce"] > 0
-    bad = DataLoader(TensorDataset(frames, y, torch.full((12, 64), float("nan")), logits), batch_size=6)
+    bad = DataLoader(TensorDataset(frames, y, torch.full((12, 64), float("nan")), logits, torch.arange(12)), batch_size=6)
     method = build_method("mnf_csc", Dims(64, 64, C), method_config("mnf_csc", params))
     with pytest.raises(TrainingError, match="training diverged"):
         train(build_student(StudentConfig(width=8), C), method, bad, None, cfg, torch.device("cpu"))

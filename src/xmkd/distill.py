@@ -50,10 +50,12 @@ class TeacherOutputs:
         return cls(np.load(files[0]), np.load(files[1]))
 
 
-def build_models(rc: RunConfig, num_classes: int, teacher_dim: int) -> tuple[torch.nn.Module, DistillMethod]:
+def build_models(
+    rc: RunConfig, num_classes: int, teacher_dim: int, num_train: int = 0
+) -> tuple[torch.nn.Module, DistillMethod]:
     """Student and method (with its heads) for a run config (random init; seed first)."""
     student = build_student(rc.student, num_classes)
-    dims = Dims(student_dim=rc.student.embed_dim, teacher_dim=teacher_dim, num_classes=num_classes)
+    dims = Dims(rc.student.embed_dim, teacher_dim, num_classes, num_train)
     return student, build_method(rc.method, dims, rc.sections)
 
 
@@ -76,7 +78,8 @@ def run_distillation(
     seed_everything(seed)
     device = resolve_device(rc.train.device)
     labels = cache.targets()
-    student, method = build_models(rc, cache.num_classes, teacher.embedding.shape[1])
+    train_idx = cache.indices("training")
+    student, method = build_models(rc, cache.num_classes, teacher.embedding.shape[1], len(train_idx))
 
     def subset(name: str) -> ClipDataset:
         return ClipDataset(cache.frames, labels, teacher.embedding, teacher.logits, cache.indices(name))
@@ -110,7 +113,7 @@ def load_checkpoint(path: Path, rc: RunConfig) -> tuple[torch.nn.Module, Distill
         raise DataError(f"checkpoint {path} not found: run the matching distill stage first (`dvc repro`).")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     meta = ckpt["meta"]
-    student, method = build_models(rc, meta["num_classes"], meta["teacher_dim"])
+    student, method = build_models(rc, meta["num_classes"], meta["teacher_dim"], meta.get("num_train", 0))
     student.load_state_dict(ckpt["student"])
     method.load_state_dict(ckpt["method"])
     return student.eval(), method.eval(), meta

@@ -98,8 +98,9 @@ def _cell(df: pd.DataFrame, method: str, metric: str, percent: bool = True) -> s
     row = df[(df.method == method) & (df.metric == metric)]
     if row.empty or math.isnan(row["mean"].iloc[0]):
         return "–"
-    f = 100.0 if percent else 1.0
-    return f"{row['mean'].iloc[0] * f:.1f} ± {row['std'].iloc[0] * f:.1f}"
+    if percent:
+        return f"{row['mean'].iloc[0] * 100:.1f} ± {row['std'].iloc[0] * 100:.1f}"
+    return f"{row['mean'].iloc[0]:.3f} ± {row['std'].iloc[0]:.3f}"
 
 
 def markdown_table(df: pd.DataFrame, methods: list[str], columns: dict[str, str], percent: bool = True) -> str:
@@ -210,7 +211,7 @@ def build_report(
             "",
             "## MNF gate (mean of g per audio condition; AUROC of clean vs irrelevant)",
             "",
-            markdown_table(df, gate_methods, GATE_COLUMNS, percent=False).replace(" ± ", " ± "),
+            markdown_table(df, gate_methods, GATE_COLUMNS, percent=False),
         ]
     if teacher_metrics:
         lines += ["", "## Audio teacher (frozen) on the same test clips", ""]

@@ -247,3 +247,40 @@ def stage_run(stage: str, params: dict[str, Any] | None = None) -> Iterator[Stag
     client.set_terminated(run.info.run_id, "FINISHED")
     if parent:
         client.set_terminated(parent, "FINISHED")
+
+
+def stage_times(parent_run_id: str | None = None) -> tuple[str, list[tuple[str, float]]]:
+    """Wall time (s) of every stage run under a parent run (default: the newest parent).
+
+    Returns:
+        (parent run name, [(stage, seconds), ...] in start order).
+
+    Raises:
+        LookupError: no pipeline run in the store.
+    """
+    client, exp_id = ensure_store()
+    if parent_run_id is None:
+        parents = client.search_runs(
+            [exp_id], filter_string="tags.`xmkd.kind` = 'pipeline'", order_by=["start_time DESC"], max_results=1
+        )
+        if not parents:
+            raise LookupError("no pipeline run in the MLflow store: run `dvc repro` first")
+        parent_run_id = parents[0].info.run_id
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs(
+        [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", order_by=["start_time ASC"],
+        max_results=5000,
+    )
+    rows = [
+        (r.data.tags.get("dvc.stage", r.info.run_name), ((r.info.end_time or r.info.start_time) - r.info.start_time) / 1e3)
+        for r in children
+    ]
+    return parent.info.run_name, rows
+
+
+if __name__ == "__main__":  # python -m xmkd.tracking  -> stage wall times of the newest `dvc repro`
+    name, rows = stage_times()
+    print(f"| stage | wall time (s) |  <- MLflow parent run '{name}'\n|---|---|")
+    for stage, secs in rows:
+        print(f"| {stage} | {secs:.0f} |")
+    print(f"| total (stage runs) | {sum(s for _, s in rows):.0f} |")

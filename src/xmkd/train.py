@@ -1,6 +1,6 @@
 """The one training loop every distillation method goes through, and its data plumbing.
 
-A batch is (uint8 frames, label, teacher embedding, teacher logits). Frames travel as uint8 (4x fewer
+A batch is (uint8 frames, label, teacher embedding, teacher logits, position in the subset). Frames travel as uint8 (4x fewer
 bytes; pinned and copied non-blocking on CUDA) and are normalised on the device. Each step:
 
     total_student = ce_weight · CE(p_v, y) + Σ LossTerms.student
@@ -119,9 +119,10 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """(frames (T, H, W, 3) uint8, label, teacher embedding (D,), teacher logits (C,), position i)."""
         row = i if self.in_memory else int(self.indices[i])
-        return torch.from_numpy(np.asarray(self.frames[row])), self.labels[i], self.emb[i], self.logits[i]
+        return torch.from_numpy(np.asarray(self.frames[row])), self.labels[i], self.emb[i], self.logits[i], i
 
 
 def make_loader(ds: Dataset, cfg: TrainConfig, shuffle: bool, seed: int, device: torch.device) -> DataLoader:
@@ -165,7 +166,7 @@ def predict(
         method.eval()
     out: dict[str, list[np.ndarray]] = defaultdict(list)
     for batch in loader:
-        frames, y, emb, logits_t = _to(batch, device)
+        frames, y, emb, logits_t, _ = _to(batch, device)
         with _autocast(device, amp):
             s: StudentOutput = student(normalize_frames(frames))
             diag = method.diagnostics(s, TeacherBatch(emb, logits_t)) if method is not None else {}
@@ -191,7 +192,7 @@ def train(
     Args:
         student: module mapping (B, 3, T, H, W) to :class:`StudentOutput`.
         method: the distillation method (its parameters are trained with the student).
-        train_loader / val_loader: batches of (frames uint8, labels, teacher emb, teacher logits).
+        train_loader / val_loader: batches of (frames uint8, labels, teacher emb, teacher logits, position).
         cfg: optimisation settings.
         device: where to train.
         on_epoch: called after each epoch with (epoch, metrics) (e.g. to log to MLflow).
@@ -216,10 +217,10 @@ def train(
         sums: dict[str, float] = defaultdict(float)
         n_seen, n_correct = 0, 0
         for step, batch in enumerate(train_loader):
-            frames, y, emb, logits_t = _to(batch, device)
+            frames, y, emb, logits_t, index = _to(batch, device)
             with _autocast(device, cfg.amp):
                 s: StudentOutput = student(normalize_frames(frames))
-                terms = method.loss(s, TeacherBatch(emb, logits_t), y)
+                terms = method.loss(s, TeacherBatch(emb, logits_t, index), y)
                 ce = method.ce_weight * F.cross_entropy(s.logits.float(), y)
             student_terms = {"ce": ce, **terms.student}
             for name, value in {**student_terms, **terms.heads_only}.items():

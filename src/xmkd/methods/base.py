@@ -24,19 +24,29 @@ from xmkd.models.student import StudentOutput
 
 
 class TeacherBatch(NamedTuple):
-    """Frozen teacher outputs for a batch: embedding (B, D) and logits (B, C)."""
+    """Frozen teacher outputs for a batch, and where the clips sit in the training set.
+
+    Attributes:
+        embedding: (B, D) teacher embedding ``a``.
+        logits: (B, C) teacher logits.
+        index: (B,) int64 position of each clip in the training set (0..num_train-1), for methods
+            that keep a per-sample memory bank (CRD); ``None`` outside training.
+    """
 
     embedding: torch.Tensor
     logits: torch.Tensor
+    index: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
 class Dims:
-    """Sizes a method needs to build its heads: student dim d, teacher dim D, classes C."""
+    """Sizes a method needs to build its heads: student dim d, teacher dim D, classes C, and the
+    number of training clips (memory banks are sized by it; 0 when unknown)."""
 
     student_dim: int
     teacher_dim: int
     num_classes: int
+    num_train: int = 0
 
 
 @dataclass
