@@ -1,6 +1,18 @@
 """Distillation methods, one file each, registered by name (see :mod:`xmkd.methods.base`)."""
 
-from xmkd.methods import kd, mnf_csc, none  # noqa: F401  (import registers the methods)
+from xmkd.methods import (  # noqa: F401  (importing a module registers its method)
+    cc,
+    ccl,
+    cmc,
+    crd,
+    fitnet,
+    kd,
+    mnf_csc,
+    none,
+    pkt,
+    rkd,
+    xkd,
+)
 from xmkd.methods.base import (
     Dims,
     DistillMethod,
