@@ -12,7 +12,7 @@ ifneq ($(wildcard ../shared/datasets),)
 export XMKD_DATA_MIRROR ?= $(abspath ../shared/datasets)
 endif
 
-.PHONY: install repro test quick clean-tracking
+.PHONY: install repro test
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
