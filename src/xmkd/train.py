@@ -1,7 +1,9 @@
 """The one training loop every distillation method goes through, and its data plumbing.
 
-A batch is (uint8 frames, label, teacher embedding, teacher logits, position in the subset). Frames travel as uint8 (4x fewer
-bytes; pinned and copied non-blocking on CUDA) and are normalised on the device. Each step:
+A batch is (student input, label, teacher embedding, teacher logits, position in the subset). The student input is
+whatever the student's ``forward`` takes: uint8 frames for a video student (4x fewer bytes; pinned and copied
+non-blocking on CUDA; normalised on the device inside the student), log-mels for an audio student (the reverse
+direction). Each step:
 
     total_student = ce_weight · CE(p_v, y) + Σ LossTerms.student
     total_heads   = Σ LossTerms.heads_only
@@ -31,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from xmkd.errors import TrainingError
 from xmkd.methods.base import DistillMethod, TeacherBatch
-from xmkd.models.student import StudentOutput, normalize_frames
+from xmkd.models.student import StudentOutput
 
 
 @dataclass(frozen=True)
@@ -93,16 +95,17 @@ class ClipDataset(Dataset):
     """Clips of one subset with their frozen teacher outputs.
 
     Args:
-        frames: (N_all, T, H, W, 3) uint8 array (may be a memmap).
+        inputs: (N_all, ...) student inputs: (N_all, T, H, W, 3) uint8 frames (may be a memmap) for a video
+            student, (N_all, n_mels, frames) float32 log-mels for an audio student.
         labels: (N_all,) int64.
         teacher_embedding: (N_all, D) float32; teacher_logits: (N_all, C) float32.
         indices: rows of this subset.
-        in_memory: copy this subset's frames into RAM (fast for small benchmarks).
+        in_memory: copy this subset's inputs into RAM (fast for small benchmarks).
     """
 
     def __init__(
         self,
-        frames: np.ndarray,
+        inputs: np.ndarray,
         labels: np.ndarray,
         teacher_embedding: np.ndarray,
         teacher_logits: np.ndarray,
@@ -110,7 +113,7 @@ class ClipDataset(Dataset):
         in_memory: bool = True,
     ) -> None:
         self.indices = np.asarray(indices)
-        self.frames = np.ascontiguousarray(frames[self.indices]) if in_memory else frames
+        self.inputs = np.ascontiguousarray(inputs[self.indices]) if in_memory else inputs
         self.in_memory = in_memory
         self.labels = torch.as_tensor(labels[self.indices], dtype=torch.long)
         self.emb = torch.as_tensor(np.asarray(teacher_embedding[self.indices]), dtype=torch.float32)
@@ -120,9 +123,9 @@ class ClipDataset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """(frames (T, H, W, 3) uint8, label, teacher embedding (D,), teacher logits (C,), position i)."""
+        """(student input, e.g. frames (T, H, W, 3) uint8, label, teacher embedding (D,), teacher logits (C,), position i)."""
         row = i if self.in_memory else int(self.indices[i])
-        return torch.from_numpy(np.asarray(self.frames[row])), self.labels[i], self.emb[i], self.logits[i], i
+        return torch.from_numpy(np.asarray(self.inputs[row])), self.labels[i], self.emb[i], self.logits[i], i
 
 
 def make_loader(ds: Dataset, cfg: TrainConfig, shuffle: bool, seed: int, device: torch.device) -> DataLoader:
@@ -166,9 +169,9 @@ def predict(
         method.eval()
     out: dict[str, list[np.ndarray]] = defaultdict(list)
     for batch in loader:
-        frames, y, emb, logits_t, _ = _to(batch, device)
+        inputs, y, emb, logits_t, _ = _to(batch, device)
         with _autocast(device, amp):
-            s: StudentOutput = student(normalize_frames(frames))
+            s: StudentOutput = student(inputs)
             diag = method.diagnostics(s, TeacherBatch(emb, logits_t)) if method is not None else {}
         out["logits"].append(s.logits.float().cpu().numpy())
         out["features"].append(s.feature.float().cpu().numpy())
@@ -192,7 +195,7 @@ def train(
     Args:
         student: module mapping (B, 3, T, H, W) to :class:`StudentOutput`.
         method: the distillation method (its parameters are trained with the student).
-        train_loader / val_loader: batches of (frames uint8, labels, teacher emb, teacher logits, position).
+        train_loader / val_loader: batches of (student inputs, labels, teacher emb, teacher logits, position).
         cfg: optimisation settings.
         device: where to train.
         on_epoch: called after each epoch with (epoch, metrics) (e.g. to log to MLflow).
@@ -217,9 +220,9 @@ def train(
         sums: dict[str, float] = defaultdict(float)
         n_seen, n_correct = 0, 0
         for step, batch in enumerate(train_loader):
-            frames, y, emb, logits_t, index = _to(batch, device)
+            inputs, y, emb, logits_t, index = _to(batch, device)
             with _autocast(device, cfg.amp):
-                s: StudentOutput = student(normalize_frames(frames))
+                s: StudentOutput = student(inputs)
                 terms = method.loss(s, TeacherBatch(emb, logits_t, index), y)
                 ce = method.ce_weight * F.cross_entropy(s.logits.float(), y)
             student_terms = {"ce": ce, **terms.student}

@@ -79,6 +79,11 @@ def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
+def _prepare(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, T, H, W, 3) clips are normalised here, on their device; float input passes through."""
+    return normalize_frames(x) if x.dtype == torch.uint8 else x
+
+
 def _layer(inplanes: int, planes: int, stride: int) -> nn.Module:
     down = None
     if stride != 1 or inplanes != planes:
@@ -116,8 +121,8 @@ class R2Plus1DSmall(nn.Module):
         self.embed_dim = 8 * w
 
     def forward(self, x: torch.Tensor) -> StudentOutput:
-        """x: (B, 3, T, H, W) normalised float -> :class:`StudentOutput`."""
-        fmap = self.layers(self.stem(x))  # (B, d, T', H', W')
+        """x: uint8 clips (B, T, H, W, 3) or normalised float (B, 3, T, H, W) -> :class:`StudentOutput`."""
+        fmap = self.layers(self.stem(_prepare(x)))  # (B, d, T', H', W')
         return _outputs(fmap, self.fc)
 
 
@@ -132,8 +137,8 @@ class R2Plus1D18(nn.Module):
         self.embed_dim = 512
 
     def forward(self, x: torch.Tensor) -> StudentOutput:
-        """x: (B, 3, T, H, W) normalised float (paper: 16x112x112) -> :class:`StudentOutput`."""
-        return _outputs(self.layers(self.stem(x)), self.fc)
+        """x: uint8 clips (B, T, H, W, 3) or normalised float (B, 3, T, H, W) (paper: 16x112x112)."""
+        return _outputs(self.layers(self.stem(_prepare(x))), self.fc)
 
 
 def _outputs(fmap: torch.Tensor, fc: nn.Module) -> StudentOutput:
