@@ -16,12 +16,10 @@ import pandas as pd
 import torch
 
 from xmkd.cli import run_main
-from xmkd.data.audio import LogMelConfig
 from xmkd.data.features import FeatureCache, config_from_params
-from xmkd.config import load_params, parse_section
+from xmkd.config import load_params
 from xmkd.errors import DataError
-from xmkd.models.teacher import AudioCNN, TeacherNetConfig
-from xmkd.teacher import embed
+from xmkd.teacher import embed, load_teacher
 from xmkd.tracking import stage_run
 
 OUT = Path("data/teacher")
@@ -30,23 +28,14 @@ PROVENANCE = Path("data/benchmark/provenance.parquet")
 
 def main() -> None:
     mel = config_from_params(load_params()).logmel_config()
-    ckpt = torch.load("models/teacher.pt", map_location="cpu", weights_only=True)
-    if LogMelConfig(**ckpt["logmel"]) != mel:
-        raise DataError(
-            "the teacher was trained on other log-mel settings than params.yaml 'features' now gives: "
-            "re-run `dvc repro train_teacher`."
-        )
+    model, classes = load_teacher("models/teacher.pt", mel)
     cache = FeatureCache("data/features")
-    classes = ckpt["classes"]
     missing = [lbl for lbl in cache.labels if lbl not in classes]
     if missing:
         raise DataError(
             f"the audio teacher knows the classes {classes}, but the annotation has labels {missing[:5]}: this "
             "teacher only serves the digit benchmark; other datasets import precomputed teacher embeddings."
         )
-    net = parse_section(TeacherNetConfig, ckpt["config"]["net"], "teacher.net")
-    model = AudioCNN(len(classes), net, mel.n_mels)
-    model.load_state_dict(ckpt["state_dict"])
     torch.set_num_threads(2)
     with stage_run("embed_teacher", params={"teacher_classes": classes}) as run:
         emb, logits = embed(model, torch.from_numpy(np.array(cache.logmel)))

@@ -1,34 +1,39 @@
-"""Stage report: comparison tables (markdown + CSV) and plots of every method in params.yaml.
+"""Stage report: every table (markdown + CSV) and plot of the comparison, from the runs named in params.yaml.
 
-Outputs: reports/results.md, reports/results.csv, reports/accuracy.png, reports/training_curves.png,
-metrics/summary.json (headline metrics shown by `dvc exp show`).
+Outputs: reports/results.md, results.csv, summary.csv, accuracy.png, tau0.png, robustness.png,
+ablations.png, training_curves.png, and metrics/summary.json (headline metrics shown by `dvc exp show`).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from xmkd.cli import run_main
 from xmkd.config import load_params
-from xmkd.report import build_report
-from xmkd.runs import method_names, seeds
+from xmkd.report import Layout, ReportConfig, build_report, flat_metrics
+from xmkd.runs import run_specs
 from xmkd.tracking import stage_run
-
-REPORTS = Path("reports")
 
 
 def main() -> None:
     params = load_params()
-    methods, seed_list = method_names(params), seeds(params)
-    teacher_file = Path("metrics/teacher.json")
-    teacher = json.loads(teacher_file.read_text()) if teacher_file.exists() else None
-    with stage_run("report", params={"methods": methods, "seeds": seed_list}) as tracker:
-        summary = build_report(methods, seed_list, Path("metrics/eval"), Path("metrics/train"), teacher, REPORTS)
-        Path("metrics/summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
-        tracker.log_metrics({f"{m}/{k}": v for m, d in summary.items() for k, v in d.items()})
-        tracker.log_artifact(REPORTS)
-        print((REPORTS / "results.md").read_text())
+    specs = run_specs(params)
+    cfg = ReportConfig.from_params(params)
+    layout = Layout()
+    logged = {
+        "runs": [s.name for s in specs],
+        "seeds": list(cfg.seeds),
+        "base_rate": cfg.base_rate,
+        "base_tau0": cfg.base_tau0,
+        "bootstrap_resamples": cfg.resamples,
+    }
+    with stage_run("report", params=logged) as tracker:
+        summary = build_report(specs, cfg, layout)
+        layout.summary.parent.mkdir(parents=True, exist_ok=True)
+        layout.summary.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+        tracker.log_metrics(flat_metrics(summary))
+        tracker.log_artifact(layout.reports)
+        print((layout.reports / "results.md").read_text())
 
 
 if __name__ == "__main__":

@@ -249,3 +249,22 @@ def test_config_is_strict() -> None:
 def test_too_many_clips_for_distinct_images(raw: bm.RawData) -> None:
     with pytest.raises(ConfigError, match="distinct MNIST images"):
         bm.plan_split(replace(SMALL, n_train=4600, n_val=500), "train", raw)
+
+
+def test_condition_variants_reproduce_the_built_benchmark(provenance, raw: bm.RawData) -> None:  # noqa: ANN001
+    """The robustness study's per-clip sound selection (xmkd.data.conditions) is the builder's own: same
+    condition per clip, same sound track for the as-built condition, and the same video whatever the rate."""
+    from xmkd.data.conditions import assign_conditions, render_variants
+
+    prov = provenance.set_index("id")
+    cond = assign_conditions(SMALL, SMALL.irrelevant_rate)
+    assert all(cond[i] == prov.loc[i, "audio_condition"] for i in prov.index)
+    ids, waves = render_variants(SMALL, raw)
+    built = {p.id: p for split in bm.SPLITS for p in bm.plan_split(SMALL, split, raw)}
+    for k, i in enumerate(ids):
+        np.testing.assert_array_equal(waves[cond[i]][k], bm.render_audio(built[i], raw, SMALL.n_samples))
+    other = {p.id: p for split in bm.SPLITS for p in bm.plan_split(replace(SMALL, irrelevant_rate=0.8), split, raw)}
+    for i, p in built.items():
+        q = other[i]
+        assert (q.label, q.mnist_index, q.start_x, q.start_y, q.velocity_x, q.velocity_y) == (
+            p.label, p.mnist_index, p.start_x, p.start_y, p.velocity_x, p.velocity_y)

@@ -29,12 +29,15 @@ pytestmark = [
 
 TINY = {
     "methods": ["none", "kd", "mnf_csc"],
-    "seeds": [0],
+    "seeds": [0, 1],
     "benchmark": {"n_train": 60, "n_val": 20, "n_test": 40},
     "teacher": {"epochs": 1},
     "student": {"width": 4},
     "train": {"epochs": 1, "batch_size": 16, "milestones": []},
+    "robustness": {"methods": ["kd", "mnf_csc"], "rates": [0.0]},
+    "reverse": {"methods": ["none", "mnf_csc"], "audio_channels": [4, 8]},
 }
+TINY_ABLATIONS = {"no_mnf": {"mnf": {"enabled": False}}, "tau0_0.2": {"csc": {"temperature": 0.2}}}
 
 
 def _env(repo: Path) -> dict[str, str]:
@@ -51,7 +54,7 @@ def _env(repo: Path) -> dict[str, str]:
 
 
 def _run(args: list[str], repo: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(args, cwd=repo, env=_env(repo), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(args, cwd=repo, env=_env(repo), capture_output=True, text=True, timeout=2400)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
@@ -71,8 +74,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy2(ROOT / name, repo / name)
     for d in ("stages", "src"):
         shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False, default_flow_style=False))
+    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    params["ablations"] = TINY_ABLATIONS
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, default_flow_style=False))
     _run(["git", "init", "-q"], repo)
     _run(["dvc", "init", "-q"], repo)
     _run(["git", "add", "-A"], repo)
@@ -83,17 +87,27 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
+RUNS = [*TINY["methods"], "ablate-no_mnf", "ablate-tau0_0.2", "robust-kd-0.0", "robust-mnf_csc-0.0",
+        "reverse-none", "reverse-mnf_csc"]
+
+
 def test_repro_writes_metrics_and_report(repo: Path) -> None:
-    for m in TINY["methods"]:
-        ev = json.loads((repo / f"metrics/eval/{m}-0.json").read_text())
-        for k in ("top1", "top5", "mean_class_acc", "R@1", "R@5", "R@10", "mAP"):
-            assert 0.0 <= ev[k] <= 1.0, (m, k)
-        assert (repo / f"models/students/{m}-0.pt").exists()
-    assert "gate_auroc" in json.loads((repo / "metrics/eval/mnf_csc-0.json").read_text())
+    for run in RUNS:
+        ev = json.loads((repo / f"metrics/eval/{run}.json").read_text())
+        assert set(ev["seeds"]) == {"0", "1"}, run
+        for seed, m in ev["seeds"].items():
+            for k in ("top1", "top5", "mean_class_acc", "R@1", "R@5", "R@10", "mAP"):
+                assert 0.0 <= m[k] <= 1.0, (run, seed, k)
+            assert (repo / f"models/students/{run}/seed-{seed}.pt").exists()
+        assert (repo / f"data/predictions/{run}.npz").exists()
+    assert "gate_auroc" in json.loads((repo / "metrics/eval/mnf_csc.json").read_text())["seeds"]["0"]
+    assert json.loads((repo / "metrics/eval/reverse-none.json").read_text())["modality"] == "audio"
+    assert "test_top1" in json.loads((repo / "metrics/video_teacher.json").read_text())
     table = (repo / "reports/results.md").read_text()
     for m in TINY["methods"]:
         assert f"| {m} |" in table
-    for f in ("results.csv", "accuracy.png", "training_curves.png"):
+    for f in ("results.csv", "summary.csv", "accuracy.png", "tau0.png", "robustness.png", "ablations.png",
+              "training_curves.png"):
         assert (repo / "reports" / f).stat().st_size > 0
     teacher = json.loads((repo / "metrics/teacher.json").read_text())
     assert {"test_top1", "test_top1/clean", "test_top1/background", "test_top1/mismatched"} <= set(teacher)
@@ -104,9 +118,11 @@ def test_repro_writes_metrics_and_report(repo: Path) -> None:
 
 def test_exp_run_reruns_only_what_depends_on_csc(repo: Path) -> None:
     out = _run(["dvc", "exp", "run", "-S", "csc.temperature=0.1"], repo).stdout
-    assert "Running stage 'distill@mnf_csc-0'" in out and "Running stage 'evaluate@mnf_csc-0'" in out
-    assert "Running stage 'report'" in out
-    for stage in ("distill@none-0", "distill@kd-0", "evaluate@kd-0", "train_teacher", "extract_features"):
+    # every run whose resolved config changes: mnf_csc and what derives from it, except the tau0 member
+    for stage in ("distill@mnf_csc", "ablate@no_mnf", "robust@mnf_csc-0.0", "reverse@mnf_csc", "report"):
+        assert f"Running stage '{stage}'" in out, stage
+    for stage in ("distill@none", "distill@kd", "ablate@tau0_0.2", "robust@kd-0.0", "reverse@none",
+                  "embed_video_teacher", "train_teacher", "extract_features"):
         assert f"Running stage '{stage}'" not in out, stage
     shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo).stdout)
     text = json.dumps(shown)
@@ -155,9 +171,14 @@ def test_mlflow_ui_lists_parent_and_child_runs(repo: Path) -> None:
     assert len(parents) >= 2  # the repro and the experiment (the rejected -S typo never starts a stage)
     assert children and all(t.get("mlflow.parentRunId") in parents for t in children)
     stages = {t["dvc.stage"] for t in children}
-    assert {"sources", "build_benchmark", "extract_features", "train_teacher", "distill@mnf_csc-0", "report"} <= stages
+    assert {"sources", "build_benchmark", "extract_features", "train_teacher", "embed_conditions",
+            "distill@mnf_csc", "ablate@no_mnf", "robust@kd-0.0", "reverse@mnf_csc", "report"} <= stages
     assert any(t.get("dvc.exp_name") for t in children)  # stages of `dvc exp run` carry the experiment name
     assert all(len(t.get("mlflow.source.git.commit", "")) == 40 for t in children)
-    distill = [run for run, t in zip(runs, tags) if t.get("dvc.stage") == "distill@kd-0"][0]
-    metrics = {m["key"] for m in distill["data"]["metrics"]}
-    assert {"val_top1", "loss/ce", "loss/kd"} <= metrics
+    stage_ids = {run["info"]["run_id"] for run, t in zip(runs, tags) if t.get("xmkd.kind") == "stage"}
+    seeds = [(run, t) for run, t in zip(runs, tags) if t.get("xmkd.kind") == "seed"]
+    assert seeds and all(t["mlflow.parentRunId"] in stage_ids for _, t in seeds)  # pipeline > stage > seed
+    kd = [run for run, t in seeds if t.get("dvc.stage") == "distill@kd"]
+    assert len(kd) >= 2  # one child run per seed
+    metrics = {m["key"] for m in kd[0]["data"]["metrics"]}
+    assert {"val_top1", "loss/ce", "loss/kd", "top1", "R_at_1"} <= metrics

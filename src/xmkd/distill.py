@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from xmkd.data.features import FeatureCache
+from xmkd.ddp import DistContext
 from xmkd.errors import DataError
 from xmkd.methods import Dims, DistillMethod, build_method
 from xmkd.models.student import build_student
@@ -40,12 +41,15 @@ class TeacherOutputs:
         files = [root / f for f in ("embeddings.npy", "logits.npy", "ids.txt")]
         missing = [str(f) for f in files if not f.exists()]
         if missing:
-            raise DataError(f"teacher outputs missing: {missing}. Run `dvc repro train_teacher` first.")
+            raise DataError(
+                f"teacher outputs missing: {missing}. Run the stage that writes {root} first "
+                "(`dvc repro embed_teacher`, or `embed_video_teacher` for the reverse direction)."
+            )
         ids = (root / "ids.txt").read_text().split("\n")[:-1]
         if ids != list(cache.manifest["id"]):
             raise DataError(
                 f"teacher outputs in {root} do not match the clips of the feature cache {cache.root} "
-                "(different ids or order): re-run `dvc repro train_teacher`."
+                "(different ids or order): re-run the stage that writes it (`dvc repro`)."
             )
         return cls(np.load(files[0]), np.load(files[1]))
 
@@ -65,16 +69,22 @@ def run_distillation(
     cache: FeatureCache,
     teacher: TeacherOutputs,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    inputs: np.ndarray | None = None,
+    dist: DistContext | None = None,
 ) -> tuple[torch.nn.Module, DistillMethod, list[dict[str, float]]]:
     """Train one student with ``rc.method`` and ``seed`` on the cache's ``training`` subset.
 
     The ``validation`` subset (if present) is evaluated after every epoch; the test subset is not
-    touched here.
+    touched here. ``inputs`` (N, ...) are the student's inputs for every cache row (default: the
+    cache's uint8 frames; the reverse direction passes log-mels). ``torch.set_num_threads`` is the
+    caller's business. ``dist``: this process's place in a DDP job (the process group is initialised): the
+    models are built from ``seed`` on every rank (equal initial weights), the training clips are split over the
+    ranks (:meth:`DistContext.train_loader`) and :func:`xmkd.train.train` runs distributed (see
+    :mod:`xmkd.ddp`); None = one process.
 
     Returns:
         (student, method, per-epoch history).
     """
-    torch.set_num_threads(rc.train.num_threads)
     seed_everything(seed)
     device = resolve_device(rc.train.device)
     labels = cache.targets()
@@ -82,15 +92,19 @@ def run_distillation(
     student, method = build_models(rc, cache.num_classes, teacher.embedding.shape[1], len(train_idx))
 
     def subset(name: str) -> ClipDataset:
-        return ClipDataset(cache.frames, labels, teacher.embedding, teacher.logits, cache.indices(name))
+        return ClipDataset(cache.frames if inputs is None else inputs, labels, teacher.embedding, teacher.logits, cache.indices(name))
 
-    train_loader = make_loader(subset("training"), rc.train, shuffle=True, seed=seed, device=device)
+    if dist is None:
+        train_loader = make_loader(subset("training"), rc.train, shuffle=True, seed=seed, device=device)
+    else:
+        train_loader = dist.train_loader(subset("training"), rc.train, seed, device)
+        dist.reseed(seed)  # after the models are built (equal on every rank): own RNG stream on ranks > 0
     val_loader = (
         make_loader(subset("validation"), rc.train, shuffle=False, seed=seed, device=device)
         if "validation" in cache.subsets
         else None
     )
-    history = train(student, method, train_loader, val_loader, rc.train, device, on_epoch)
+    history = train(student, method, train_loader, val_loader, rc.train, device, on_epoch, dist=dist)
     return student.cpu(), method.cpu(), history
 
 

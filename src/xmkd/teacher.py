@@ -7,9 +7,11 @@ on the benchmark's clips; then it is frozen and embeds every clip's own sound tr
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -171,3 +173,33 @@ def make_augment(
         return np.clip(x, -1.0, 1.0).astype(np.float32)
 
     return augment  # type: ignore[return-value]
+
+
+def load_teacher(path: str | os.PathLike[str], mel: LogMelConfig) -> tuple[AudioCNN, list[str]]:
+    """Load the trained audio teacher written by ``stages/train_teacher.py``.
+
+    Args:
+        path: ``models/teacher.pt``.
+        mel: the log-mel settings params.yaml gives now (must equal the teacher's).
+
+    Returns:
+        (the teacher in eval mode, its class names in its logits' order).
+
+    Raises:
+        DataError: the checkpoint is missing, or was trained on other log-mel settings.
+    """
+    from xmkd.config import parse_section
+    from xmkd.errors import DataError
+
+    if not Path(path).exists():
+        raise DataError(f"{path} not found: run `dvc repro train_teacher` first.")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if LogMelConfig(**ckpt["logmel"]) != mel:
+        raise DataError(
+            "the teacher was trained on other log-mel settings than params.yaml 'features' now gives: "
+            "re-run `dvc repro train_teacher`."
+        )
+    net = parse_section(TeacherNetConfig, ckpt["config"]["net"], "teacher.net")
+    model = AudioCNN(len(ckpt["classes"]), net, mel.n_mels)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), list(ckpt["classes"])

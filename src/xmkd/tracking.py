@@ -205,6 +205,27 @@ class StageRun:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, v)
 
+    def child(self, name: str, params: dict[str, Any] | None = None, start: float | None = None) -> StageRun:
+        """A nested run under this one (e.g. one seed of a run trained in a worker process).
+
+        Args:
+            name: run name; params: logged flattened; start: its start time (unix s), default now.
+        """
+        parent = self.client.get_run(self.run_id)
+        tags = {k: v for k, v in parent.data.tags.items() if k in ("dvc.stage", "dvc.exp_name", "mlflow.source.git.commit")}
+        tags |= {"mlflow.runName": name, "mlflow.parentRunId": self.run_id, "xmkd.kind": "seed"}
+        run = self.client.create_run(
+            parent.info.experiment_id, start_time=int((start or time.time()) * 1000), tags=tags, run_name=name
+        )
+        handle = StageRun(self.client, run.info.run_id)
+        if params:
+            handle.log_params(params)
+        return handle
+
+    def finish(self, status: str = "FINISHED", end: float | None = None) -> None:
+        """Mark this run terminated (``end``: unix s, default now)."""
+        self.client.set_terminated(self.run_id, status, end_time=int((end or time.time()) * 1000))
+
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: dict[str, Any] | None = None) -> Iterator[StageRun]:

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from xmkd.ddp import DistContext, average_floating_buffers_, average_grads_, broadcast_float, reduce_epoch_sums
 from xmkd.errors import TrainingError
 from xmkd.methods.base import DistillMethod, TeacherBatch
 from xmkd.models.student import StudentOutput
@@ -48,9 +49,21 @@ class TrainConfig:
         milestones: epochs at which the learning rate is multiplied by ``gamma`` (MultiStepLR).
         gamma: learning-rate decay factor.
         device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``.
-        num_threads: CPU threads for torch (intra-op).
+        num_threads: CPU threads for torch (intra-op) per seed worker; 0 = auto (the cores shared out
+            between the seed workers).
+        seed_workers: processes training the seeds of one run at the same time; 0 = auto (all seeds
+            at once on a CPU, capped at cores + 1; 1 on CUDA). See :mod:`xmkd.experiment`.
         num_workers: DataLoader worker processes (0 = load in the main process).
         amp: bf16 autocast on CUDA (ignored on the CPU).
+        nproc: processes per node for distributed data-parallel training (DDP, :mod:`xmkd.ddp`); 1 = one
+            process per seed, as before. With ``nproc * nnodes > 1`` the seeds run one after another, each with
+            ``nproc * nnodes`` processes that each take ``batch_size / (nproc * nnodes)`` clips per step (the
+            global batch stays ``batch_size``). One process per GPU on CUDA.
+        nnodes: machines taking part (multi-node DDP; see ``rdzv_endpoint``).
+        rdzv_endpoint: ``host:port`` of node 0 (the machine that runs the stage) when ``nnodes > 1``; ports
+            ``port .. port + len(seeds) - 1`` must be free there (one rendezvous per seed). None on one node.
+        backend: DDP communication backend: ``auto`` (``nccl`` on CUDA, ``gloo`` on the CPU), ``gloo`` or
+            ``nccl``.
     """
 
     epochs: int = 10
@@ -60,15 +73,50 @@ class TrainConfig:
     milestones: list[int] | None = None
     gamma: float = 0.1
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int = 2
+    num_threads: int = 0
+    seed_workers: int = 0
     num_workers: int = 0
     amp: bool = True
+    nproc: int = 1
+    nnodes: int = 1
+    rdzv_endpoint: str | None = None
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("train.epochs and train.batch_size must be >= 1")
+        if self.num_threads < 0 or self.seed_workers < 0:
+            raise ValueError("train.num_threads and train.seed_workers must be >= 0 (0 = auto)")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        self._check_distributed()
+
+    def _check_distributed(self) -> None:
+        if self.nproc < 1 or self.nnodes < 1:
+            raise ValueError(f"train.nproc and train.nnodes must be >= 1 (got {self.nproc}, {self.nnodes}); 1 = no DDP")
+        world = self.nproc * self.nnodes
+        if world > 1 and self.batch_size % world:
+            raise ValueError(
+                f"train.batch_size = {self.batch_size} must be a multiple of train.nproc x train.nnodes = {world} "
+                "(each process takes batch_size / (nproc x nnodes) clips per step): change one of them."
+            )
+        if world > 1 and self.seed_workers > 1:
+            raise ValueError(
+                f"train.seed_workers = {self.seed_workers} with train.nproc x train.nnodes = {world}: distributed runs "
+                "train the seeds one after another; set train.seed_workers: 0 (or 1)."
+            )
+        if self.nnodes > 1:
+            host, _, port = (self.rdzv_endpoint or "").rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"train.nnodes = {self.nnodes} needs train.rdzv_endpoint = 'host:port' of node 0 (the machine that "
+                    f"runs the stage), e.g. 'node0.example.org:29400'; got {self.rdzv_endpoint!r}."
+                )
+        elif self.rdzv_endpoint is not None:
+            raise ValueError(
+                "train.rdzv_endpoint is only used with train.nnodes > 1 (one node uses a local rendezvous on a free "
+                "port): set train.rdzv_endpoint: null, or train.nnodes to the number of machines."
+            )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -189,6 +237,7 @@ def train(
     cfg: TrainConfig,
     device: torch.device,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    dist: DistContext | None = None,
 ) -> list[dict[str, float]]:
     """Train ``student`` with ``method`` (one loop for every method).
 
@@ -199,15 +248,22 @@ def train(
         cfg: optimisation settings.
         device: where to train.
         on_epoch: called after each epoch with (epoch, metrics) (e.g. to log to MLflow).
+        dist: this process's place in a DDP job (None: single process). Then the student is wrapped in
+            ``DistributedDataParallel``, the method heads' gradients and both modules' floating-point buffers
+            are averaged over the ranks after the backward passes / the step, the epoch's sums are added up
+            over the ranks, and validation runs on rank 0 only (see :mod:`xmkd.ddp`). ``train_loader`` must
+            then hold this rank's share (:meth:`DistContext.train_loader`).
 
     Returns:
-        Per-epoch metrics: mean of every loss term, ``train_top1``, ``val_top1``, ``lr``, ``seconds``.
+        Per-epoch metrics: mean of every loss term, ``train_top1``, ``val_top1``, ``lr``, ``seconds``
+        (over all ranks' clips in a DDP job; ``seconds`` and ``val_top1`` are rank 0's).
 
     Raises:
         TrainingError: a loss term is NaN or infinite.
     """
     student.to(device)
     method.to(device)
+    model = student if dist is None else dist.wrap(student, device)  # DDP forwards the StudentOutput unchanged
     params = [*student.parameters(), *method.parameters()]
     head_params = [p for p in method.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -216,13 +272,15 @@ def train(
     for epoch in range(1, cfg.epochs + 1):
         student.train()
         method.train()
+        if isinstance(getattr(train_loader, "sampler", None), DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)  # a new permutation every epoch, the same on every rank
         t0 = time.perf_counter()
         sums: dict[str, float] = defaultdict(float)
         n_seen, n_correct = 0, 0
         for step, batch in enumerate(train_loader):
             inputs, y, emb, logits_t, index = _to(batch, device)
             with _autocast(device, cfg.amp):
-                s: StudentOutput = student(inputs)
+                s: StudentOutput = model(inputs)
                 terms = method.loss(s, TeacherBatch(emb, logits_t, index), y)
                 ce = method.ce_weight * F.cross_entropy(s.logits.float(), y)
             student_terms = {"ce": ce, **terms.student}
@@ -240,19 +298,29 @@ def train(
             opt.zero_grad(set_to_none=True)
             if terms.heads_only:
                 sum(terms.heads_only.values()).backward(inputs=head_params, retain_graph=True)
-            sum(student_terms.values()).backward()
+            sum(student_terms.values()).backward()  # DDP all-reduces the student's gradients here
+            if dist is not None:
+                average_grads_(head_params)  # heads: not under DDP (two backward passes), averaged explicitly
             opt.step()
+            if dist is not None:
+                average_floating_buffers_(student)  # BN running statistics, equal on every rank
+                method.sync_buffers()
             n_seen += len(y)
             n_correct += int((s.logits.argmax(1) == y).sum())
         sched.step()
+        if dist is not None:
+            sums, n_seen, n_correct = reduce_epoch_sums(sums, n_seen, n_correct, device)
         metrics = {k: v / n_seen for k, v in sums.items()}
         metrics["loss/total"] = sum(v for k, v in metrics.items() if k.startswith("loss/"))
         metrics["train_top1"] = n_correct / n_seen
         metrics["lr"] = opt.param_groups[0]["lr"]
         metrics["seconds"] = time.perf_counter() - t0
         if val_loader is not None:
-            pred = predict(student, method, val_loader, device, cfg.amp)
-            metrics["val_top1"] = float((pred["logits"].argmax(1) == pred["labels"]).mean())
+            val_top1 = None
+            if dist is None or dist.is_main:
+                pred = predict(student, method, val_loader, device, cfg.amp)
+                val_top1 = float((pred["logits"].argmax(1) == pred["labels"]).mean())
+            metrics["val_top1"] = val_top1 if dist is None else broadcast_float(val_top1, device)  # others wait
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(epoch, metrics)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from xmkd.config import parse_section
+from xmkd.ddp import average_floating_buffers_
 from xmkd.errors import ConfigError
 from xmkd.models.student import StudentOutput
 
@@ -100,6 +101,18 @@ class DistillMethod(nn.Module):
     def diagnostics(self, student: StudentOutput, teacher: TeacherBatch) -> dict[str, torch.Tensor]:
         """Per-sample quantities for evaluation (e.g. MNF's gate mean), each (B,). None by default."""
         return {}
+
+    def sync_buffers(self) -> None:
+        """Make this method's buffers equal on every rank of a DDP job; called by the training loop after each
+        optimiser step, on every rank, only in distributed training (:mod:`xmkd.ddp`).
+
+        Default: every floating-point buffer is averaged over the ranks (one collective). Right for running
+        statistics and exponential moving averages of a batch mean (BatchNorm, XKD's centre): the update is
+        linear in the batch mean, so the average of the ranks' updates is the update with the global batch.
+        Override it for state that averaging would corrupt, e.g. a memory bank whose rows each rank updates
+        for its own clips (CRD gathers every rank's updates in its loss instead; see :mod:`xmkd.methods.crd`).
+        """
+        average_floating_buffers_(self)
 
 
 _REGISTRY: dict[str, type[DistillMethod]] = {}

@@ -29,6 +29,13 @@ unit norm in expectation). For a batch of clips with training-set rows ``i_b``:
 5. memory update after scoring (official): ``M[i_b] <- normalise(m · M[i_b] + (1 - m) · z_b)``
    for both sides, m = ``nce_m``.
 
+Distributed training (DDP, :mod:`xmkd.ddp`): every rank holds the whole memory bank and must hold the same
+one. In training, each rank's (rows, z_s, z_t) of the batch are gathered from all ranks (all_gather) and every
+rank applies the same update of step 5 for the global batch, as the single-process run does for its batch; Z
+is estimated from the global first batch (the ranks' estimates, on equal batch sizes, averaged). So
+:meth:`CRD.sync_buffers` has nothing left to do. Negatives are drawn per rank (ranks > 0 have their own RNG
+stream).
+
 Total: ``β · (L_s + L_t)`` with β = ``crd.weight`` (official ``-b 0.8``, ``-a 0``, CE weight 1).
 
 Negatives. K = ``min(nce_k, N - 1)``: the official default K = 16384 exceeds the 4,000 training clips
@@ -59,6 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xmkd.ddp import all_gather_rows, average_, is_distributed
 from xmkd.errors import ConfigError
 from xmkd.methods.base import DistillMethod, Dims, LossTerms, TeacherBatch, register
 from xmkd.models.student import StudentOutput
@@ -238,14 +246,21 @@ class CRD(DistillMethod):
                 zs_val = estimate_partition(e_s, n)
             if zt_val < 0:
                 zt_val = estimate_partition(e_t, n)
+            if z_unset and self.training and is_distributed():  # Z of the global first batch (equal batch sizes)
+                z_est = torch.tensor([zs_val, zt_val], dtype=torch.float64, device=self.z.device)
+                average_([z_est])
+                zs_val, zt_val = z_est.tolist()
             p_s, p_t = e_s / zs_val, e_t / zt_val
             loss_s, loss_t = nce_loss(p_s, n), nce_loss(p_t, n)
             if self.training:
                 with torch.no_grad():
                     if z_unset:  # first training batch: Z is estimated once, then kept (official)
                         self.z = torch.tensor([zs_val, zt_val], dtype=self.z.dtype, device=self.z.device)
-                    self.memory_s = momentum_update(self.memory_s, index, z_s, c.nce_m)
-                    self.memory_t = momentum_update(self.memory_t, index, z_t, c.nce_m)
+                    rows_all, zs_all, zt_all = index, z_s, z_t
+                    if is_distributed():  # every rank applies every rank's updates: memories stay identical
+                        rows_all, zs_all, zt_all = all_gather_rows(index), all_gather_rows(z_s), all_gather_rows(z_t)
+                    self.memory_s = momentum_update(self.memory_s, rows_all, zs_all, c.nce_m)
+                    self.memory_t = momentum_update(self.memory_t, rows_all, zt_all, c.nce_m)
         terms = LossTerms(student={"crd_s": c.weight * loss_s}, heads_only={"crd_t": c.weight * loss_t})
         kpn = self.nce_k / n
         terms.logs = {
@@ -253,3 +268,7 @@ class CRD(DistillMethod):
             "crd_h_pos_t": (p_t[:, 0] / (p_t[:, 0] + kpn)).mean().item(),
         }
         return terms
+
+    def sync_buffers(self) -> None:
+        """Nothing to do: the loss already applies every rank's memory updates on every rank, and Z is set from
+        the global first batch (see the module docstring); averaging the (N, F) memories would only cost time."""

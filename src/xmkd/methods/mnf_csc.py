@@ -57,6 +57,9 @@ class MNFConfig:
         triplet_margin: margin of the triplet term (reference ``--margin``, 0.2).
         gate_norm_weight: weight of the gate L1 term (reference: 0.001 with ``--use_norm``; 0 disables).
         gate_norm_on: ``w2`` (faithful: only W2, see module docstring) or ``both``.
+        enabled: false = the "without MNF" ablation: no filter at all, CSC is computed between the student
+            feature v and the raw teacher embedding a (τ_ij = cos(v_i, a_j) + τ0; a linear projection
+            D -> d only when the dimensions differ), and the MNF terms (CE(p_sv), triplet, gate norm) vanish.
     """
 
     heads: int = 2
@@ -65,6 +68,7 @@ class MNFConfig:
     triplet_margin: float = 0.2
     gate_norm_weight: float = 0.001
     gate_norm_on: Literal["w2", "both"] = "w2"
+    enabled: bool = True
 
 
 @dataclass(frozen=True)
@@ -146,14 +150,30 @@ class MNFCSC(DistillMethod):
 
     def __init__(self, dims: Dims, cfg: dict) -> None:
         super().__init__(dims, cfg)
-        self.mnf = ModalityNoiseFilter(dims.student_dim, dims.teacher_dim, dims.num_classes, cfg["mnf"].heads)
+        self.mnf: ModalityNoiseFilter | None = None
+        self.proj: torch.nn.Module = torch.nn.Identity()
+        if cfg["mnf"].enabled:
+            self.mnf = ModalityNoiseFilter(dims.student_dim, dims.teacher_dim, dims.num_classes, cfg["mnf"].heads)
+        elif dims.teacher_dim != dims.student_dim:
+            self.proj = torch.nn.Linear(dims.teacher_dim, dims.student_dim)
 
     def loss(self, student: StudentOutput, teacher: TeacherBatch, labels: torch.Tensor) -> LossTerms:
-        """Terms ``csc`` (student group) and ``ce_mnf``, ``triplet``, ``gate_norm`` (heads only)."""
+        """Terms ``csc`` (student group) and ``ce_mnf``, ``triplet``, ``gate_norm`` (heads only).
+
+        With ``mnf.enabled: false`` only ``csc``, between v and the raw (projected) teacher embedding.
+        """
         m: MNFConfig = self.cfg["mnf"]
         c: CSCConfig = self.cfg["csc"]
-        out = self.mnf(teacher.embedding, student.feature_map)
         v = student.feature
+        if self.mnf is None:
+            a = self.proj(teacher.embedding)  # (B, d)
+            tau = csc_temperature(v, a, c)
+            terms = LossTerms()
+            if c.weight:
+                terms.student["csc"] = c.weight * csc_loss(v, a, labels, tau)
+            terms.logs = {"tau_mean": tau.mean().item(), "tau_nonpositive_frac": (tau <= 0).float().mean().item()}
+            return terms
+        out = self.mnf(teacher.embedding, student.feature_map)
         tau = csc_temperature(v, out.selected_audio, c)
         terms = LossTerms()
         if c.weight:
@@ -172,6 +192,8 @@ class MNFCSC(DistillMethod):
         return terms
 
     def diagnostics(self, student: StudentOutput, teacher: TeacherBatch) -> dict[str, torch.Tensor]:
-        """``gate_mean`` (B,): mean of MNF's gate g per clip (how much teacher audio passes)."""
+        """``gate_mean`` (B,): mean of MNF's gate g per clip (how much teacher audio passes); none without MNF."""
+        if self.mnf is None:
+            return {}
         out = self.mnf(teacher.embedding, student.feature_map)
         return {"gate_mean": out.gate.mean(dim=1)}

@@ -8,7 +8,10 @@ Two architectures, selected by ``student.arch``:
   ``BasicBlock``/``Conv2Plus1D``.
 - ``r2plus1d_18``: torchvision's ``r2plus1d_18`` from scratch (the paper-scale student, 512-d).
 
-Both return a :class:`StudentOutput` with the token feature map ``V`` that MNF attends over, its
+- ``audio_cnn``: the audio student of the reverse direction (video teacher -> audio student): a log-mel
+  CNN in the layout of the audio teacher (CNN14 in miniature), whose last conv map gives the tokens.
+
+All return a :class:`StudentOutput` with the token feature map ``V`` that MNF attends over, its
 mean ``v`` and the logits ``p_v``, as the reference implementation's ``R2Plus1DNet`` does.
 """
 
@@ -52,11 +55,15 @@ class StudentConfig:
         stem_temporal_stride: temporal stride of the stem's 3x1x1 convolution in ``r2plus1d_small``
             (2 halves the cost on the CPU: 1.9 vs 3.5 ms per 8x32x32 clip and training step, measured
             on 2 cores). Ignored by ``r2plus1d_18``.
+        audio_channels: ``audio_cnn`` only: conv-block widths; the embedding dimension is the last one.
+        n_mels: ``audio_cnn`` only: mel bands of the input log-mels (filled from ``features.n_mels``).
     """
 
-    arch: Literal["r2plus1d_small", "r2plus1d_18"] = "r2plus1d_small"
+    arch: Literal["r2plus1d_small", "r2plus1d_18", "audio_cnn"] = "r2plus1d_small"
     width: int = 16
     stem_temporal_stride: int = 2
+    audio_channels: list[int] | None = None
+    n_mels: int = 40
 
     def __post_init__(self) -> None:
         if self.width < 1:
@@ -65,6 +72,8 @@ class StudentConfig:
     @property
     def embed_dim(self) -> int:
         """Dimension d of the student feature."""
+        if self.arch == "audio_cnn":
+            return (self.audio_channels or [8, 16, 32, 64])[-1]
         return 512 if self.arch == "r2plus1d_18" else 8 * self.width
 
 
@@ -141,6 +150,32 @@ class R2Plus1D18(nn.Module):
         return _outputs(self.layers(self.stem(_prepare(x))), self.fc)
 
 
+class AudioStudent(nn.Module):
+    """Log-mel CNN student (reverse direction): (B, n_mels, F) dB log-mels -> :class:`StudentOutput`.
+
+    Per-band input BatchNorm, a 2x2 average pooling (halves time and frequency resolution: 4x cheaper,
+    1.0 vs 4.1 ms per clip and training step on 1 CPU thread), then conv blocks of two 3x3 conv-BN-ReLU + 2x2 average pooling (the audio
+    teacher's blocks, after PANNs CNN14, Kong et al. arXiv 1912.10211); the last block's map
+    (B, d, n_mels', F') gives N = n_mels' x F' tokens, their mean is the feature ``v`` (post-ReLU, >= 0).
+    """
+
+    def __init__(self, num_classes: int, channels: list[int], n_mels: int) -> None:
+        super().__init__()
+        from xmkd.models.teacher import _block
+
+        self.input_bn = nn.BatchNorm2d(n_mels)
+        chans = (1, *channels)
+        self.blocks = nn.Sequential(nn.AvgPool2d(2), *[_block(a, b) for a, b in zip(chans[:-1], chans[1:])])
+        self.fc = nn.Linear(channels[-1], num_classes)
+        self.embed_dim = channels[-1]
+
+    def forward(self, logmel: torch.Tensor) -> StudentOutput:
+        """logmel: (B, n_mels, F) float dB -> :class:`StudentOutput`."""
+        x = logmel.float().unsqueeze(1).transpose(1, 2)  # (B, n_mels, 1, F)
+        x = self.input_bn(x).transpose(1, 2)  # (B, 1, n_mels, F)
+        return _outputs(self.blocks(x), self.fc)  # tokens over (n_mels', F')
+
+
 def _outputs(fmap: torch.Tensor, fc: nn.Module) -> StudentOutput:
     tokens = fmap.flatten(2).transpose(1, 2)  # (B, N, d)
     feature = tokens.mean(dim=1)  # (B, d) == global average pool
@@ -148,7 +183,12 @@ def _outputs(fmap: torch.Tensor, fc: nn.Module) -> StudentOutput:
 
 
 def build_student(cfg: StudentConfig, num_classes: int) -> nn.Module:
-    """Build the student named by ``cfg.arch`` for ``num_classes`` classes (random init)."""
+    """Build the student named by ``cfg.arch`` for ``num_classes`` classes (random init).
+
+    Video students take uint8 frames (B, T, H, W, 3); the audio student takes log-mels (B, n_mels, F).
+    """
     if cfg.arch == "r2plus1d_18":
         return R2Plus1D18(num_classes)
+    if cfg.arch == "audio_cnn":
+        return AudioStudent(num_classes, list(cfg.audio_channels or [8, 16, 32, 64]), cfg.n_mels)
     return R2Plus1DSmall(num_classes, cfg.width, stem_temporal_stride=cfg.stem_temporal_stride)

@@ -1,0 +1,244 @@
+"""One run = one distillation setting trained and evaluated for every seed, seeds in parallel processes.
+
+``stages/distill.py --run <name>`` calls :func:`run_all`. Each seed is trained and evaluated by
+:func:`run_seed` in its own (spawned) worker process; on a CPU the seeds run at the same time, one
+thread each: small 3-D convolutions scale badly over threads, so on 2 cores two 1-thread processes
+train 2.1x the clips per second of one 2-thread process (measured: 1.4 vs 2.95 ms per clip and step).
+Results do not depend on the number of workers (each seed's computation is independent and seeded);
+only on the threads per worker, which is part of the machine.
+
+What a run reads depends on its kind (see :mod:`xmkd.runs`):
+
+- student input: uint8 frames (video student) or log-mels (reverse direction's audio student);
+- frozen teacher outputs: the audio teacher on each clip's own sound track (``data/teacher``), on the
+  sound the clip has at another irrelevant-sound rate (``data/teacher_conditions``), or the video
+  teacher (``data/video_teacher``).
+
+Evaluation (reference protocol of the MNF+CSC code): top-1, top-5, mean class accuracy on the test clips;
+retrieval with test clips querying the training clips by cosine on the student feature (R@1/5/10, mAP over
+the top ``evaluate.map_topk``); top-1 per sound condition; for MNF, its gate per condition and the AUROC
+with which it separates clean from irrelevant sound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from xmkd.data.conditions import assign_conditions, benchmark_config
+from xmkd.data.features import FeatureCache
+from xmkd.ddp import DistContext, is_ddp, launch
+from xmkd.distill import TeacherOutputs, run_distillation, save_checkpoint
+from xmkd.errors import DataError
+from xmkd.evaluate import classification_metrics, gate_metrics, retrieval_metrics
+from xmkd.runs import RunConfig, load_run_config
+from xmkd.train import ClipDataset, make_loader, predict, resolve_device
+
+PROVENANCE = Path("data/benchmark/provenance.parquet")
+FEATURES = Path("data/features")
+CONDITIONS = ("clean", "mismatched", "background")
+
+
+def checkpoint_path(run: str, seed: int) -> Path:
+    """``models/students/<run>/seed-<seed>.pt``."""
+    return Path("models/students") / run / f"seed-{seed}.pt"
+
+
+def clip_conditions(rc: RunConfig, cache: FeatureCache) -> np.ndarray | None:
+    """(N,) sound condition of every clip for this run (its rate for robustness runs, else as built);
+    None when the data has no such notion (e.g. a user's own videos)."""
+    ids = cache.manifest["id"].to_numpy()
+    if rc.irrelevant_rate is not None:
+        cond = assign_conditions(benchmark_config(rc.condition_keys or {}), rc.irrelevant_rate)
+        return np.array([cond[i] for i in ids])
+    if PROVENANCE.exists():
+        prov = pd.read_parquet(PROVENANCE, columns=["id", "audio_condition"]).set_index("id")
+        return prov.loc[ids, "audio_condition"].to_numpy()
+    return None
+
+
+def teacher_outputs(rc: RunConfig, cache: FeatureCache) -> TeacherOutputs:
+    """The frozen teacher outputs of every clip this run distils from (see the module docstring).
+
+    Raises:
+        DataError: missing teacher outputs (names the stage to run) or rows that do not match the cache.
+    """
+    root = Path(rc.teacher)
+    if rc.irrelevant_rate is None:
+        return TeacherOutputs.load(root, cache)
+    needed = [root / f"{c}_{k}.npy" for c in CONDITIONS for k in ("embeddings", "logits")] + [root / "ids.txt"]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        raise DataError(f"teacher outputs per sound condition missing: {missing[:3]}: run `dvc repro embed_conditions`.")
+    if (root / "ids.txt").read_text().split("\n")[:-1] != list(cache.manifest["id"]):
+        raise DataError(f"{root} does not match the feature cache's clips: re-run `dvc repro embed_conditions`.")
+    cond = clip_conditions(rc, cache)
+    emb = np.load(root / "clean_embeddings.npy")
+    logits = np.load(root / "clean_logits.npy")
+    for c in CONDITIONS[1:]:
+        sel = cond == c
+        emb[sel] = np.load(root / f"{c}_embeddings.npy", mmap_mode="r")[sel]
+        logits[sel] = np.load(root / f"{c}_logits.npy", mmap_mode="r")[sel]
+    return TeacherOutputs(emb, logits)
+
+
+def student_inputs(rc: RunConfig, cache: FeatureCache) -> np.ndarray:
+    """(N, T, H, W, 3) uint8 frames for a video student, (N, n_mels, F) float32 log-mels for an audio one."""
+    return cache.logmel if rc.modality == "audio" else cache.frames
+
+
+def evaluate(
+    student: torch.nn.Module,
+    method: torch.nn.Module,
+    rc: RunConfig,
+    cache: FeatureCache,
+    inputs: np.ndarray,
+    teacher: TeacherOutputs,
+    conditions: np.ndarray | None,
+) -> tuple[dict[str, float], np.ndarray]:
+    """Test metrics of a trained student (see the module docstring).
+
+    Returns:
+        (metrics as fractions in [0, 1] except ``map_queries_without_hit`` (a count), test predictions (N_test,)).
+    """
+    device = resolve_device(rc.train.device)
+    student.to(device)
+    method.to(device)
+    labels = cache.targets()
+    cfg = dataclasses.replace(rc.train, batch_size=rc.evaluate.batch_size)
+
+    def infer(subset: str) -> dict[str, np.ndarray]:
+        ds = ClipDataset(inputs, labels, teacher.embedding, teacher.logits, cache.indices(subset))
+        return predict(student, method, make_loader(ds, cfg, False, 0, device), device, rc.train.amp)
+
+    test, gallery = infer("testing"), infer("training")
+    metrics = classification_metrics(test["logits"], test["labels"], cache.num_classes)
+    metrics |= retrieval_metrics(
+        test["features"], test["labels"], gallery["features"], gallery["labels"], map_topk=rc.evaluate.map_topk
+    )
+    pred = test["logits"].argmax(1)
+    if conditions is not None:
+        cond = conditions[cache.indices("testing")]
+        correct = pred == test["labels"]
+        metrics |= {f"top1/{c}": float(correct[cond == c].mean()) for c in sorted(set(cond))}
+        if "gate_mean" in test:
+            metrics |= gate_metrics(test["gate_mean"], cond)
+    return metrics, pred
+
+
+def run_seed(config_path: str, seed: int, threads: int, dist: DistContext | None = None) -> dict[str, Any] | None:
+    """Train and evaluate one seed of a run; writes its checkpoint (atomically).
+
+    Runs in a worker process (or in the caller's with one worker). Relative paths are resolved
+    against the current directory (the repo root, as DVC runs stages). With ``dist`` (a DDP process,
+    :mod:`xmkd.ddp`) every rank trains its share; only rank 0 saves the checkpoint and evaluates.
+
+    Returns:
+        {"seed", "history" (per-epoch dicts), "train_seconds", "metrics", "pred" (N_test,) int64,
+        "start"/"end" (unix s)}; None on DDP ranks other than 0.
+
+    Raises:
+        TrainingError: a non-finite loss; DataError: missing inputs.
+    """
+    start = time.time()
+    torch.set_num_threads(threads)
+    rc = load_run_config(Path(config_path))
+    cache = FeatureCache(FEATURES)
+    teacher = teacher_outputs(rc, cache)
+    inputs = student_inputs(rc, cache)
+    conditions = clip_conditions(rc, cache)
+    t0 = time.perf_counter()
+    student, method, history = run_distillation(rc, seed, cache, teacher, inputs=inputs, dist=dist)
+    train_seconds = time.perf_counter() - t0
+    if dist is not None:
+        dist.report_state(student, method)  # test aid: hash of this rank's final weights, when asked for
+        if not dist.is_main:
+            return None
+    meta = {
+        "run": rc.name, "method": rc.method, "seed": seed, "num_classes": cache.num_classes,
+        "teacher_dim": int(teacher.embedding.shape[1]), "num_train": len(cache.indices("training")),
+        "config": rc.to_json(),
+    }
+    save_checkpoint(checkpoint_path(rc.name, seed), student, method, meta)
+    metrics, pred = evaluate(student, method, rc, cache, inputs, teacher, conditions)
+    return {
+        "seed": seed, "history": history, "train_seconds": train_seconds, "metrics": metrics,
+        "pred": pred.astype(np.int64), "start": start, "end": time.time(),
+    }
+
+
+def workers_and_threads(rc: RunConfig) -> tuple[int, int]:
+    """(seed worker processes, torch threads per worker) for this machine.
+
+    ``train.seed_workers: 0`` (auto): every seed at once on a CPU, capped at cores + 1 (a third
+    1-thread process on 2 cores still adds throughput by filling the other two's idle time); 1 on CUDA.
+    ``train.num_threads: 0`` (auto): the cores shared out between the workers (at least 1).
+    DDP (``train.nproc * train.nnodes > 1``): 1 worker (seeds one after another); ``num_threads: 0``
+    gives each of the ``train.nproc`` processes on this node cores / nproc threads.
+    """
+    cpus = os.cpu_count() or 1
+    n = len(rc.seeds)
+    if is_ddp(rc.train):
+        return 1, rc.train.num_threads if rc.train.num_threads > 0 else max(1, cpus // rc.train.nproc)
+    if rc.train.seed_workers > 0:
+        workers = min(rc.train.seed_workers, n)
+    elif resolve_device(rc.train.device).type == "cuda":
+        workers = 1
+    else:
+        workers = min(n, cpus + 1)
+    threads = rc.train.num_threads if rc.train.num_threads > 0 else max(1, cpus // workers)
+    return workers, threads
+
+
+def run_all(
+    rc: RunConfig, config_path: Path, on_result: Callable[[dict[str, Any]], None] | None = None
+) -> list[dict[str, Any]]:
+    """Train and evaluate every seed of ``rc`` (in parallel worker processes when it pays; with
+    ``train.nproc * train.nnodes > 1`` each seed in turn as a DDP job, :func:`xmkd.ddp.launch`).
+
+    Args:
+        rc: the run; config_path: its resolved config file (what the workers load).
+        on_result: called in this process with each seed's result as it completes (e.g. MLflow logging).
+
+    Returns:
+        Results of :func:`run_seed`, in ``rc.seeds`` order.
+
+    Raises:
+        the first error of any seed (the others are cancelled).
+    """
+    workers, threads = workers_and_threads(rc)
+    results: dict[int, dict[str, Any]] = {}
+    if is_ddp(rc.train):  # DDP: the seeds one after another, each over train.nproc x train.nnodes processes
+        for i, s in enumerate(rc.seeds):
+            results[s] = launch(config_path, s, rc, threads, seed_index=i)
+            if on_result:
+                on_result(results[s])
+    elif workers == 1:
+        for s in rc.seeds:
+            results[s] = run_seed(str(config_path), s, threads)
+            if on_result:
+                on_result(results[s])
+    else:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(run_seed, str(config_path), s, threads): s for s in rc.seeds}
+            try:
+                for fut in as_completed(futures):
+                    res = fut.result()
+                    results[res["seed"]] = res
+                    if on_result:
+                        on_result(res)
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    return [results[s] for s in rc.seeds]

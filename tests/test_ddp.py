@@ -1,0 +1,264 @@
+"""Distributed data-parallel training (``train.nproc: 2``, gloo on the CPU) against the single-process run.
+
+A tiny but real setting, built in a temporary folder (the layout the stages read: ``data/features``,
+``data/teacher``, ``data/configs``): 4 classes, 384 training clips of 8x32x32 frames whose class is the
+brighter quadrant under heavy pixel noise, a teacher embedding that knows the class. Each method is trained
+for 2 epochs once in one process and once as a 2-process DDP job through the real launcher
+(``python -m torch.distributed.run``), with the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import torch.distributed as tdist
+import torch.multiprocessing as tmp
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from xmkd.ddp import DEBUG_DIR_ENV, DistContext, rank_seed, state_digest, torchrun_command
+from xmkd.errors import ConfigError, TrainingError
+from xmkd.experiment import checkpoint_path, run_all
+from xmkd.methods import Dims, build_method, method_config
+from xmkd.methods.crd import CRDConfig
+from xmkd.models.student import StudentConfig, StudentOutput
+from xmkd.runs import RunConfig, load_run_config
+from xmkd.train import TrainConfig, train
+
+C, T, S, D = 4, 8, 32, 16
+N_SUBSET = {"training": 384, "validation": 64, "testing": 64}
+TRAIN = {"epochs": 2, "batch_size": 32, "lr": 1e-2, "milestones": [], "device": "cpu", "num_threads": 1,
+         "seed_workers": 1}
+
+
+def _make_data(root: Path) -> None:
+    """``data/features`` (the files FeatureCache reads) and ``data/teacher`` for N_SUBSET clips."""
+    rng = np.random.default_rng(0)
+    ids, subsets, labels = [], [], []
+    for subset, n in N_SUBSET.items():
+        for i in range(n):
+            ids.append(f"{subset[:2]}{i:03d}")
+            subsets.append(subset)
+            labels.append(i % C)
+    y = np.array(labels)
+    n = len(y)
+    frames = rng.integers(0, 140, size=(n, T, S, S, 3), dtype=np.uint8)  # uniform noise, mean 70
+    for k in range(n):  # the class's quadrant is brighter (mean 145), still noisy
+        q = frames[k, :, (y[k] // 2) * 16 : (y[k] // 2 + 1) * 16, (y[k] % 2) * 16 : (y[k] % 2 + 1) * 16, :]
+        q //= 2
+        q += 110
+    feats = root / "data" / "features"
+    feats.mkdir(parents=True)
+    np.save(feats / "frames.npy", frames)
+    np.save(feats / "logmel.npy", np.zeros((n, 8, 10), np.float32))
+    pd.DataFrame({"id": ids, "subset": subsets, "label": [f"c{k}" for k in y], "label_index": y}).to_parquet(
+        feats / "manifest.parquet"
+    )
+    (feats / "labels.json").write_text(json.dumps([f"c{k}" for k in range(C)]))
+    (feats / "report.json").write_text("{}")
+    teacher = root / "data" / "teacher"
+    teacher.mkdir(parents=True)
+    emb = np.maximum(0.0, rng.normal(0, 0.3, (n, D)) + np.eye(C, D)[y] * 2.0).astype(np.float32)
+    np.save(teacher / "embeddings.npy", emb)
+    np.save(teacher / "logits.npy", (np.eye(C)[y] * 3.0 + rng.normal(0, 1, (n, C))).astype(np.float32))
+    (teacher / "ids.txt").write_text("\n".join(ids) + "\n")
+
+
+def _write_config(root: Path, method: str, name: str, **train: Any) -> Path:
+    """A resolved run config (as ``resolve_configs`` writes it) with TRAIN overridden by ``train``."""
+    rc = RunConfig(method, method_config(method, {"mnf": {}, "csc": {}}), TrainConfig(**{**TRAIN, **train}),
+                   StudentConfig(width=4), seeds=(0,), name=name, kind="main", label=method)
+    path = root / "data" / "configs" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rc.to_json(), indent=1, sort_keys=True))
+    return path
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ddp")
+    _make_data(root)
+    return root
+
+
+def _run(root: Path, config: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch.chdir(root)
+    threads = torch.get_num_threads()
+    try:
+        (res,) = run_all(load_run_config(config), config)
+    finally:
+        torch.set_num_threads(threads)
+    return res
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["none", "mnf_csc"])
+def test_two_process_ddp_matches_single_process(
+    method: str, workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    single = _run(workdir, _write_config(workdir, method, f"{method}-single"), monkeypatch)
+    debug = tmp_path / "hashes"
+    monkeypatch.setenv(DEBUG_DIR_ENV, str(debug))
+    ddp = _run(workdir, _write_config(workdir, method, f"{method}-ddp", nproc=2), monkeypatch)
+
+    # rank 0 reported back; both ranks ended with bit-identical weights and buffers
+    assert ddp["seed"] == 0 and len(ddp["history"]) == TRAIN["epochs"]
+    h0, h1 = ((debug / f"rank-{r}.sha256").read_text().strip() for r in (0, 1))
+    assert h0 == h1
+    # only rank 0 wrote: the one checkpoint holds those weights; no MLflow store, no metrics files
+    folder = checkpoint_path(f"{method}-ddp", 0).parent
+    assert sorted(p.name for p in (workdir / folder).iterdir()) == ["seed-0.pt"]
+    ckpt = torch.load(workdir / folder / "seed-0.pt", map_location="cpu", weights_only=True)
+    assert state_digest(ckpt["student"], ckpt["method"]) == h0
+    assert ckpt["meta"]["config"]["train"]["nproc"] == 2
+    assert not any((workdir / p).exists() for p in ("mlflow.db", "mlruns", "mlartifacts", "metrics"))
+
+    # every rank's clips are counted: the same loss terms, and per-epoch means close to the single run.
+    # Same initial weights (same seed) and the same global batch of 32; what differs is the clip order and
+    # BatchNorm / CSC statistics over 16 instead of 32 clips per forward. Tolerance: 10% of the loss; the
+    # first-epoch losses are dominated by the shared initialisation (measured differences: see the report).
+    s_hist, d_hist = single["history"], ddp["history"]
+    assert set(s_hist[0]) == set(d_hist[0])
+    for sh, dh in zip(s_hist, d_hist):
+        assert dh["lr"] == sh["lr"]
+        assert dh["loss/total"] == pytest.approx(sh["loss/total"], rel=0.10)
+        assert dh["loss/ce"] == pytest.approx(sh["loss/ce"], rel=0.10)
+    # both learn the task (4 classes: chance 25%) and end within a few test clips of each other
+    assert single["metrics"]["top1"] > 0.6 and ddp["metrics"]["top1"] > 0.6
+    assert abs(single["metrics"]["top1"] - ddp["metrics"]["top1"]) <= 0.25
+
+
+# ------------------------------------------------------- exact equivalence where nothing couples the batch
+
+
+class _LinearStudent(nn.Module):
+    """(B, 6) -> one token ReLU(W x) (B, 1, 4); no BatchNorm, so nothing couples the clips of a batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.fc = nn.Linear(6, 4), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> StudentOutput:
+        tokens = torch.relu(self.body(x))[:, None, :]
+        return StudentOutput(tokens, tokens.mean(1), self.fc(tokens.mean(1)))
+
+
+_N, _B = 16, 8  # 16 clips, global batch 8: two steps per epoch
+
+
+def _toy() -> tuple[nn.Module, nn.Module, TensorDataset, TrainConfig]:
+    """Seeded student + CRD (K clamped to N - 1 = every other clip: no random draws) + data."""
+    torch.manual_seed(0)
+    student = _LinearStudent()
+    method = build_method("crd", Dims(4, 5, 3, num_train=_N), {"crd": CRDConfig(feat_dim=4, nce_t=0.5)})
+    g = torch.Generator().manual_seed(1)
+    ds = TensorDataset(torch.randn(_N, 6, generator=g), torch.arange(_N) % 3, torch.rand(_N, 5, generator=g),
+                       torch.randn(_N, 3, generator=g), torch.arange(_N))
+    return student, method, ds, TrainConfig(epochs=2, batch_size=_B, lr=0.05, device="cpu", amp=False)
+
+
+def _toy_rank(rank: int, folder: str) -> None:
+    """DDP rank: the same global batches as the single process, rank r taking half r of each."""
+    tdist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        student, method, ds, cfg = _toy()
+        half = _B // 2
+        batches = [list(range(b + rank * half, b + (rank + 1) * half)) for b in range(0, _N, _B)]
+        history = train(student, method, DataLoader(ds, batch_sampler=batches), None, cfg, torch.device("cpu"),
+                        dist=DistContext(rank, 2, rank))
+        torch.save({"student": student.state_dict(), "method": method.state_dict(), "history": history},
+                   f"{folder}/rank-{rank}.pt")
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_ddp_equals_single_process_when_nothing_couples_the_batch(tmp_path: Path) -> None:
+    """CRD on a BatchNorm-free student: the 2-rank run must equal the single-process run (float rounding).
+
+    It checks every part of the distributed loop at once: the student's DDP gradients, the heads' two-group
+    gradients averaged by hand (``crd_t`` is a heads-only term), CRD's memory bank updated with the gathered
+    rows of both ranks, its normaliser Z from the global first batch, and the epoch sums added over ranks.
+    """
+    tmp.spawn(_toy_rank, args=(str(tmp_path),), nprocs=2, join=True)
+    student, method, ds, cfg = _toy()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        history = train(student, method, DataLoader(ds, batch_size=_B), None, cfg, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    ranks = [torch.load(tmp_path / f"rank-{r}.pt", weights_only=True) for r in (0, 1)]
+    for key, single in (("student", student.state_dict()), ("method", method.state_dict())):
+        for name, value in single.items():
+            assert torch.equal(ranks[0][key][name], ranks[1][key][name]), f"ranks differ in {key}.{name}"
+            torch.testing.assert_close(ranks[0][key][name], value, rtol=1e-4, atol=1e-5, msg=f"{key}.{name}")
+    assert not torch.equal(method.memory_s, _toy()[1].memory_s)  # the memory did move
+    for h_ddp, h_single in zip(ranks[0]["history"], history):
+        for k in ("loss/ce", "loss/crd_s", "loss/crd_t", "crd_h_pos_s", "train_top1"):
+            assert h_ddp[k] == pytest.approx(h_single[k], rel=1e-5), k
+
+
+# ------------------------------------------------------------------------------------- error handling
+
+
+@pytest.mark.slow
+def test_a_failing_worker_stops_the_run_with_its_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _write_config(tmp_path, "none", "nodata", nproc=2)  # no data/features in tmp_path
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TrainingError, match=r"seed 0 .*failed: error: feature cache data/features lacks"):
+        run_all(load_run_config(config), config)
+    assert not (tmp_path / "models").exists()
+
+
+# ---------------------------------------------------------------------------------------- fast checks
+
+
+def test_train_config_validates_distributed_settings() -> None:
+    with pytest.raises(ValueError, match="multiple of train.nproc"):
+        TrainConfig(batch_size=30, nproc=4)
+    with pytest.raises(ValueError, match="seed_workers: 0"):
+        TrainConfig(nproc=2, seed_workers=2)
+    with pytest.raises(ValueError, match="rdzv_endpoint = 'host:port'"):
+        TrainConfig(nnodes=2)
+    with pytest.raises(ValueError, match="rdzv_endpoint = 'host:port'"):
+        TrainConfig(nnodes=2, rdzv_endpoint="node0")
+    with pytest.raises(ValueError, match="only used with train.nnodes > 1"):
+        TrainConfig(rdzv_endpoint="node0:29400")
+    with pytest.raises(ValueError, match=">= 1"):
+        TrainConfig(nproc=0)
+    TrainConfig(nproc=2, nnodes=2, rdzv_endpoint="node0:29400", batch_size=32)
+
+
+def test_bad_backend_is_a_config_error(tmp_path: Path) -> None:
+    path = _write_config(tmp_path, "none", "x")
+    raw = json.loads(path.read_text())
+    raw["train"]["backend"] = "mpi"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match="train.backend"):
+        load_run_config(path)
+
+
+def test_torchrun_command_one_node_and_several() -> None:
+    one = torchrun_command("c.json", 3, 1, TrainConfig(nproc=2), 1, "out.pkl")
+    assert "--standalone" in one and "--nproc-per-node=2" in one
+    assert one[one.index("--seed") + 1] == "3" and one[-2:] == ["--out", "out.pkl"]
+    multi = torchrun_command("c.json", 3, 1, TrainConfig(nproc=2, nnodes=2, rdzv_endpoint="h:29400"), 1, None, 1)
+    assert "--standalone" not in multi and "--out" not in multi
+    assert {"--nnodes=2", "--node-rank=1", "--rdzv-endpoint=h:29401"} <= set(multi)  # one port per seed
+
+
+def test_local_batch_and_rank_seeds() -> None:
+    ctx = DistContext(1, 2, 1)
+    assert ctx.local_batch_size(32) == 16
+    with pytest.raises(TrainingError, match="multiple"):
+        ctx.local_batch_size(33)
+    assert rank_seed(5, 0) == 5
+    assert len({rank_seed(5, r) for r in range(1, 4)} | {rank_seed(6, 1)}) == 4

@@ -1,0 +1,137 @@
+"""Parameter profiles (src/xmkd/profiles.py): validation against params.yaml, Hydra override formatting, and
+that DVC's own `-S` machinery turns the overrides into exactly the merged params."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xmkd.config import load_params
+from xmkd.errors import ConfigError
+from xmkd.profiles import check, format_value, load_profile, main, merge, to_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PAPER = {
+    "student.arch": "r2plus1d_18",
+    "features.frames": 16,
+    "features.size": 112,
+    "train.batch_size": 32,
+    "train.lr": 0.0003,
+    "train.weight_decay": 0.0005,
+    "train.epochs": 200,
+    "train.milestones": [150],
+    "csc.temperature": 0.07,
+}
+
+
+@pytest.fixture()
+def params() -> dict:
+    return load_params(ROOT / "params.yaml")
+
+
+def test_paper_profile_has_the_papers_setting(params: dict) -> None:
+    profile = load_profile("paper", ROOT)
+    merged = merge(params, profile)
+    for key, want in PAPER.items():
+        section, name = key.split(".")
+        assert merged[section][name] == want, key
+    assert merged["student"]["width"] == params["student"]["width"]  # keys it does not name are untouched
+    assert params["student"]["arch"] == "r2plus1d_small"  # merge does not modify its input
+
+
+def test_paper_overrides_are_hydra_syntax() -> None:
+    assert to_overrides(load_profile("paper", ROOT)) == [
+        "student.arch=r2plus1d_18",
+        "features.frames=16",
+        "features.size=112",
+        "train.batch_size=32",
+        "train.lr=0.0003",
+        "train.weight_decay=0.0005",
+        "train.epochs=200",
+        "train.milestones=[150]",
+        "csc.temperature=0.07",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (None, "null"),
+        (True, "true"),
+        (False, "false"),
+        (3, "3"),
+        (1e-5, "1e-05"),
+        ([1, 2], "[1,2]"),
+        ([], "[]"),
+        (["none", "kd"], "[none,kd]"),
+        ("r2plus1d_18", "r2plus1d_18"),
+        ("data/benchmark/videos", "data/benchmark/videos"),
+        ("a b", "'a b'"),
+        ("null", "'null'"),  # the string, not None
+        ("1.5", "'1.5'"),  # the string, not a float
+        ("a,b", "'a,b'"),
+        ("it's", "'it\\'s'"),
+        ({"x": 1}, "{x:1}"),
+    ],
+)
+def test_format_value(value: object, text: str) -> None:
+    assert format_value(value) == text
+
+
+def test_dvc_applies_the_overrides_to_exactly_the_merged_params(tmp_path: Path, params: dict) -> None:
+    """The printed overrides, parsed and applied by DVC's -S code (Hydra), give merge(params, profile)."""
+    from dvc.utils.hydra import apply_overrides
+
+    profile = {
+        **load_profile("paper", ROOT),
+        "methods": ["none", "mnf_csc"],
+        "csc": {"tau_min": 0.01, "temperature": 0.2},
+        "features": {"video_dir": "/data/ucf 101/videos", "annotation": "null"},  # needs quoting
+    }
+    p = tmp_path / "params.yaml"
+    shutil.copy2(ROOT / "params.yaml", p)
+    apply_overrides(p, to_overrides(profile))
+    assert yaml.safe_load(p.read_text()) == merge(params, profile)
+
+
+def test_unknown_key_names_the_closest_key(params: dict) -> None:
+    with pytest.raises(ConfigError, match=r"'train\.batchsize'.*did you mean 'train\.batch_size'"):
+        merge(params, {"train": {"batchsize": 8}})
+    with pytest.raises(ConfigError, match=r"'trian'.*did you mean 'train'"):
+        merge(params, {"trian": {"lr": 0.1}})
+    with pytest.raises(ConfigError, match=r"'student\.arch' must be a value"):
+        merge(params, {"student": {"arch": {"name": "r2plus1d_18"}}})
+    with pytest.raises(ConfigError, match=r"'train' must be a mapping"):
+        merge(params, {"train": 5})
+
+
+def test_unknown_profile_lists_the_available_ones() -> None:
+    with pytest.raises(ConfigError, match=r"no profile 'papr'.*did you mean 'paper'"):
+        load_profile("papr", ROOT)
+
+
+def test_strict_check_rejects_a_value_the_pipeline_would_reject(tmp_path: Path) -> None:
+    shutil.copy2(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "bad.yaml").write_text("train:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match=r"train\.lr must be a number"):
+        check("bad", root=tmp_path, strict=True)
+    check("bad", root=tmp_path, strict=False)  # keys alone are fine
+    check("paper", root=ROOT, strict=True)
+
+
+def test_cli_overrides_and_run_dry_run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert main(["overrides", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("-S student.arch=r2plus1d_18 ") and "-S 'train.milestones=[150]'" in out
+    assert main(["run", "paper", "--dry-run", "--", "--queue"]) == 0
+    cmd = capsys.readouterr().out
+    assert " exp run -n paper -S student.arch=r2plus1d_18" in cmd and cmd.rstrip().endswith("--queue")
+    assert main(["show", "nope"]) == 1
+    assert "no profile 'nope'" in capsys.readouterr().err
