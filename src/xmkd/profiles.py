@@ -235,6 +235,11 @@ def _strict_sections(merged: dict[str, Any], sections: set[str]) -> None:
         from xmkd.teacher import TeacherConfig
 
         checks.append(lambda: parse_section(TeacherConfig, merged.get("teacher"), "teacher"))
+    if "teacher_import" in sections:
+        from xmkd.config import parse_section
+        from xmkd.teacher_import import TeacherImportConfig
+
+        checks.append(lambda: parse_section(TeacherImportConfig, merged.get("teacher_import"), "teacher_import"))
     from xmkd.config import parse_section
     from xmkd.methods import known_methods, method_class
 

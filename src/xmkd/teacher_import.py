@@ -20,6 +20,11 @@ Methods such as KD need teacher *logits*; the imported teacher has none, so a cl
 one-hidden-layer MLP) is trained on the embeddings of the ``training`` subset (Adam, seeded, the last epoch's head
 is used: no model selection on validation data) and gives logits for every clip. The embeddings are stored as they
 are (raw, as the reference implementation feeds them to MNF); ``normalize`` only shapes the head's input.
+
+The stage is ``stages/import_teacher.py``; to score the head alone on an annotation (nothing written)::
+
+    python -m xmkd.teacher_import --annotation ../shared/datasets/ucf51/annotation.json \\
+        --source ../shared/datasets/ucf51/audiocnn14embed512_features.tar.gz [--head mlp --epochs 50 ...]
 """
 
 from __future__ import annotations
@@ -54,8 +59,8 @@ class TeacherImportConfig:
     """``teacher_import`` section of params.yaml.
 
     Attributes:
-        source: directory or ``.tar(.gz)`` archive of ``<Class>/<video_id>.npy`` embeddings (relative paths resolve
-            against the working directory, i.e. the project root under DVC). Required.
+        source: directory or ``.tar(.gz)`` archive of ``<Class>/<video_id>.npy`` embeddings (a relative path resolves
+            against the working directory: the project root when DVC runs the stage). Required.
         on_missing: ``"error"``: an annotated clip without an embedding stops the import (count + first ids);
             ``"skip"``: such clips are left out and counted (only usable when no feature cache needs every row).
         head: ``"linear"`` (D -> C) or ``"mlp"`` (D -> hidden_dim -> ReLU -> dropout -> C).
@@ -145,7 +150,7 @@ def _entries(source: Path) -> Iterator[tuple[str, str, str, Any]]:
     (one sequential pass).
     """
     if source.is_dir():
-        for dirpath, dirnames, filenames in os.walk(source):
+        for dirpath, dirnames, filenames in os.walk(source, followlinks=True):
             dirnames.sort()
             for name in sorted(filenames):
                 rel = Path(dirpath, name).relative_to(source)
@@ -222,7 +227,8 @@ def load_embeddings(
     if not src.exists():
         raise DataError(
             f"teacher embeddings {src} not found: set teacher_import.source to the directory or .tar.gz of "
-            "<Class>/<video_id>.npy files (relative paths resolve against the project root)."
+            "<Class>/<video_id>.npy files (a relative path resolves against the working directory: the project root"
+            " when DVC runs the stage)."
         )
     if not src.is_dir() and not src.name.endswith(ARCHIVE_SUFFIXES):
         raise DataError(f"teacher embeddings {src}: expected a directory or one of {list(ARCHIVE_SUFFIXES)}.")
@@ -282,7 +288,7 @@ def load_embeddings(
         names = [found[kept[i]][0] for i in np.flatnonzero(bad)]
         raise DataError(f"{int(bad.sum())} teacher embedding(s) hold NaN or inf values: {_first(names, 3)}. Regenerate them.")
     return LoadedEmbeddings(
-        ids=kept, embeddings=emb, missing=missing, folders=[found[v][1] for v in kept], n_unused=n_files - len(kept)
+        ids=kept, embeddings=emb, missing=missing, folders=[found[v][1] for v in kept], n_unused=len(seen) - len(kept)
     )
 
 
@@ -507,7 +513,7 @@ def import_teacher(
     mismatch = 0
     if label_names is not None:
         names = [str(n).lower() for n in label_names]
-        mismatch = sum(bool(f) and f.lower() != names[c] for f, c in zip(loaded.folders, y))
+        mismatch = sum(bool(f) and f.lower() != names[c] for f, c in zip(loaded.folders, y, strict=True))
     metrics |= {
         "n_clips": float(len(loaded.ids)),
         "n_missing": float(len(loaded.missing)),
@@ -524,3 +530,44 @@ def import_teacher(
         ids=list(loaded.ids), embeddings=loaded.embeddings, logits=logits, labels=y, subsets=sub, metrics=metrics,
         history=history, missing=loaded.missing, head=head,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m xmkd.teacher_import --annotation A --source S [--head mlp ...]``: score the head alone.
+
+    Aligns the embeddings to the annotation's clips (no feature cache, nothing written) and prints the metrics of
+    :func:`import_teacher` as JSON. Every :class:`TeacherImportConfig` field is a flag (``--weight-decay 0.01``).
+    """
+    import argparse
+    import dataclasses
+    import json
+    import typing
+
+    from xmkd.cli import run_main
+    from xmkd.data.features import load_annotation
+
+    ap = argparse.ArgumentParser(prog="python -m xmkd.teacher_import", description=main.__doc__)
+    ap.add_argument("--annotation", required=True, help="annotation JSON (reference format)")
+    hints = typing.get_type_hints(TeacherImportConfig)
+    for f in dataclasses.fields(TeacherImportConfig):
+        tp = hints[f.name]
+        choices = typing.get_args(tp) if typing.get_origin(tp) is Literal else None
+        ap.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=f.default, choices=choices,
+                        type=str if choices else tp, required=f.name == "source")
+    args = vars(ap.parse_args(argv))
+
+    def run() -> None:
+        labels, entries = load_annotation(args.pop("annotation"))
+        try:
+            cfg = TeacherImportConfig(**args)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        out = import_teacher(cfg, [e[0] for e in entries], [e[3] for e in entries], [e[1] for e in entries],
+                             len(labels), label_names=labels)
+        print(json.dumps({k: round(v, 6) for k, v in out.metrics.items()}, indent=1))
+
+    run_main(run)
+
+
+if __name__ == "__main__":
+    main()
