@@ -12,16 +12,19 @@ import json
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 
 from xmkd.data import video as video_mod
 from xmkd.data.features import FeatureCache, FeatureConfig, config_from_params, extract_features, load_annotation
-from xmkd.data.video import VideoDecodeError, decode_clip, uniform_indices, write_video
+from xmkd.data.video import VideoDecodeError, clip_indices, decode_clip, uniform_indices, write_video
 from xmkd.errors import ConfigError, DataError, DecodeError
+from xmkd.models.student import StudentOutput
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -324,3 +327,214 @@ def test_extraction_is_deterministic(tmp_path: Path) -> None:
     for name in ("frames.npy", "logmel.npy", "manifest.parquet"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "c" / name).read_bytes(), name
     assert pd.read_parquet(tmp_path / "a" / "manifest.parquet").shape[0] == 4
+
+
+# ------------------------------------------------------------------------------------------ multi-clip evaluation
+
+
+def test_clip_indices() -> None:
+    # 24 frames, 3 clips of 4: the 12-frame uniform grid dealt out in turn; each clip spans the whole video
+    assert clip_indices(24, 4, 3).tolist() == [[1, 7, 13, 19], [3, 9, 15, 21], [5, 11, 17, 23]]
+    assert clip_indices(164, 8, 1).tolist() == [uniform_indices(164, 8).tolist()]  # K = 1: the single clip
+    c = clip_indices(164, 8, 3)
+    assert c[1].tolist() == uniform_indices(164, 8).tolist()  # odd K: the middle clip is the single clip
+    assert np.all(np.diff(c, axis=0) > 0) and np.all(np.diff(c, axis=1) > 0)  # temporal order, no shared frame
+    # short video (12 < K*T): clips share frames but stay ordered
+    assert clip_indices(12, 8, 3).tolist() == [
+        [0, 1, 3, 4, 6, 7, 9, 10], [0, 2, 3, 5, 6, 8, 9, 11], [1, 2, 4, 5, 7, 8, 10, 11]]
+    with pytest.raises(ValueError):
+        clip_indices(24, 4, 0)
+
+
+@needs_fixtures
+def test_decode_eval_clips_real() -> None:
+    single = decode_clip(AVI, **DECODE)
+    assert single.eval_frames is None and single.eval_frame_indices is None
+    multi = decode_clip(AVI, **DECODE, eval_clips=3)
+    assert multi.eval_frames is not None and multi.eval_frame_indices is not None
+    assert multi.eval_frames.shape == (3, 8, 32, 32, 3) and multi.eval_frames.dtype == np.uint8
+    assert np.array_equal(multi.frames, single.frames)  # K does not change the single clip
+    assert multi.eval_frame_indices.tolist() == clip_indices(164, 8, 3).tolist()
+    assert np.array_equal(multi.eval_frames[1], single.frames)  # middle clip = the single clip
+    assert len({clip.tobytes() for clip in multi.eval_frames}) == 3  # three different clips
+    assert np.all(np.diff(multi.eval_frame_indices.mean(axis=1)) > 0)  # in temporal order
+    # the content is the frames at those indices: the 24-frame uniform grid, dealt out to the clips in turn
+    grid = decode_clip(AVI, frames=24, size=32, sample_rate=8000, audio_seconds=1.0).frames
+    assert np.array_equal(multi.eval_frames, grid.reshape(8, 3, 32, 32, 3).transpose(1, 0, 2, 3, 4))
+
+
+def test_eval_clips_content_and_fallbacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = [[0, 4, 8, 12], [2, 6, 10, 14], [3, 7, 11, 15]]  # clip_indices(16, 4, 3), by hand
+    for name in ("v.mp4", "v.mkv"):  # declared frame count / estimated from duration x fps
+        p = synth(tmp_path / name, n_frames=16, fps=8)
+        clip = decode_clip(p, frames=4, size=32, sample_rate=8000, audio_seconds=1.0, eval_clips=3)
+        assert clip.eval_frames is not None
+        assert [levels(c).tolist() for c in clip.eval_frames] == expected, name
+        assert levels(clip.frames).tolist() == expected[1]
+    p = synth(tmp_path / "s.mp4", n_frames=16)
+    kw = dict(frames=4, size=32, sample_rate=8000, audio_seconds=1.0)
+    # a declared count one too high: the single clip is still complete (accepted with K = 1), so K = 3
+    # accepts the file too and re-plans its clips from the 16 decoded frames
+    monkeypatch.setattr(video_mod, "_planned_frame_count", lambda s, c: (17, True))
+    one = decode_clip(p, **kw)
+    three = decode_clip(p, **kw, eval_clips=3)
+    assert levels(one.frames).tolist() == levels(three.frames).tolist() == [2, 6, 10, 14]
+    assert three.eval_frames is not None and three.eval_frame_indices is not None
+    assert three.eval_frame_indices.tolist() == clip_indices(16, 4, 3).tolist()
+    assert [levels(c).tolist() for c in three.eval_frames] == clip_indices(16, 4, 3).tolist()
+    # no count at all: counted, then decoded again with the true count
+    monkeypatch.setattr(video_mod, "_planned_frame_count", lambda s, c: (None, False))
+    three = decode_clip(p, **kw, eval_clips=3)
+    assert three.eval_frames is not None
+    assert [levels(c).tolist() for c in three.eval_frames] == clip_indices(16, 4, 3).tolist()
+    with pytest.raises(ValueError, match="eval_clips"):
+        decode_clip(p, **kw, eval_clips=0)
+
+
+@needs_fixtures
+def test_extract_eval_clips(tmp_path: Path) -> None:
+    cfg = make_dataset(tmp_path / "ds")
+    extract_features(cfg, tmp_path / "k1")
+    res = extract_features(dataclasses.replace(cfg, eval_clips=3), tmp_path / "k3")
+    assert res.n_decoded == 4
+    # K = 1: no evaluation file and nothing in report.json about it (the cache is as before the option)
+    assert sorted(os.listdir(tmp_path / "k1")) == sorted(
+        ["frames.npy", "logmel.npy", "manifest.parquet", "labels.json", "report.json"])
+    k1 = FeatureCache(tmp_path / "k1")
+    assert k1.eval_clips == 1 and k1.eval_frames is None and k1.eval_rows is None
+    assert "eval_clips" not in k1.report["config"] and "eval_frames" not in k1.report["shapes"]
+    with pytest.raises(DataError, match="eval_clips"):
+        k1.eval_positions(np.array([2]))
+    # K = 3: the training arrays are byte-identical; the evaluation rows get three clips each
+    for name in ("frames.npy", "logmel.npy", "manifest.parquet", "labels.json"):
+        assert (tmp_path / "k1" / name).read_bytes() == (tmp_path / "k3" / name).read_bytes(), name
+    k3 = FeatureCache(tmp_path / "k3")
+    assert k3.eval_clips == 3 and k3.eval_frames is not None and k3.eval_rows is not None
+    assert isinstance(k3.eval_frames, np.memmap) and not k3.eval_frames.flags.writeable
+    assert k3.eval_frames.shape == (2, 3, 8, 32, 32, 3) and k3.eval_frames.dtype == np.uint8
+    assert k3.eval_rows.tolist() == k3.indices("validation").tolist() == [2, 3]
+    assert k3.eval_positions(np.array([3, 2])).tolist() == [1, 0]
+    with pytest.raises(DataError, match="no evaluation clips"):
+        k3.eval_positions(k3.indices("training"))
+    assert k3.report["config"]["eval_clips"] == 3 and k3.report["shapes"]["eval_frames"] == [2, 3, 8, 32, 32, 3]
+    avi = decode_clip(tmp_path / "ds" / "videos" / k3.manifest.iloc[3]["path"], **DECODE, eval_clips=3)
+    assert np.array_equal(k3.eval_frames[1], avi.eval_frames)
+    assert np.array_equal(k3.eval_frames[:, 1], k3.frames[2:])  # middle clip = the single clip
+    # d0: 12 frames, 3 clips of 8 (fewer frames than K*T): ordered, sharing some frames
+    assert [levels(c).tolist() for c in k3.eval_frames[0]] == clip_indices(12, 8, 3).tolist()
+    # results do not depend on the worker processes
+    extract_features(dataclasses.replace(cfg, eval_clips=3, workers=2), tmp_path / "k3w")
+    for name in ("eval_frames.npy", "eval_rows.npy", "frames.npy"):  # (report.json records workers)
+        assert (tmp_path / "k3" / name).read_bytes() == (tmp_path / "k3w" / name).read_bytes(), name
+
+
+@needs_fixtures
+def test_extract_eval_clips_skip_and_errors(tmp_path: Path) -> None:
+    cfg = make_dataset(tmp_path / "ds")
+    ann_path = Path(cfg.annotation)
+    ann = json.loads(ann_path.read_text())
+    bad = tmp_path / "ds" / "videos" / "Digits" / "d5.mp4"  # an evaluation video that will not decode
+    bad.write_bytes(np.random.default_rng(2).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    ann["database"]["d5"] = {"subset": "validation", "label": "Digits"}
+    ann_path.write_text(json.dumps(ann))
+    res = extract_features(dataclasses.replace(cfg, eval_clips=2, on_error="skip"), tmp_path / "out")
+    assert res.n_decoded == 4 and res.skipped_counts() == {"unreadable_container": 1}
+    cache = FeatureCache(tmp_path / "out")
+    assert cache.eval_frames is not None and cache.eval_frames.shape == (2, 2, 8, 32, 32, 3)
+    assert cache.eval_rows is not None and cache.eval_rows.tolist() == [2, 3]
+    with pytest.raises(ConfigError, match="eval_clips"):
+        config_from_params({"features": {"eval_clips": 0}})
+    (tmp_path / "out" / "eval_rows.npy").unlink()  # half a multi-clip cache
+    with pytest.raises(DataError, match="eval_rows"):
+        FeatureCache(tmp_path / "out")
+
+
+def test_average_clip_predictions_by_hand() -> None:
+    from xmkd.experiment import average_clip_predictions
+
+    ln = np.log
+    clip0 = {"logits": np.array([[0.0, ln(2), 0.0], [0.0, 0.0, 0.0]], np.float32),  # softmax .25 .5 .25 | 1/3 x3
+             "features": np.array([[1.0, 0.0], [2.0, 2.0]], np.float32), "labels": np.array([0, 2]),
+             "gate_mean": np.array([0.2, 0.4], np.float32)}
+    clip1 = {"logits": np.array([[ln(3), 0.0, 0.0], [0.0, 0.0, ln(4)]], np.float32),  # .6 .2 .2 | 1/6 1/6 4/6
+             "features": np.array([[0.0, 1.0], [4.0, 0.0]], np.float32), "labels": np.array([0, 2]),
+             "gate_mean": np.array([0.6, 0.0], np.float32)}
+    out = average_clip_predictions([clip0, clip1])
+    assert set(out) == {"probs", "features", "labels", "gate_mean"}
+    np.testing.assert_allclose(out["probs"], [[0.425, 0.35, 0.225], [0.25, 0.25, 0.5]], rtol=1e-6)
+    assert out["probs"].argmax(1).tolist() == [0, 2]
+    np.testing.assert_allclose(out["features"], [[0.5, 0.5], [3.0, 1.0]])
+    np.testing.assert_allclose(out["gate_mean"], [0.4, 0.2], rtol=1e-6)
+    assert out["labels"].tolist() == [0, 2]
+    # averaging probabilities is not averaging logits; a case where the two rules differ:
+    a = {"logits": np.array([[10.0, 0.0, 9.0]], np.float32), "features": np.zeros((1, 1), np.float32),
+         "labels": np.array([0])}
+    b = {"logits": np.array([[-10.0, 0.0, -9.0]], np.float32), "features": np.zeros((1, 1), np.float32),
+         "labels": np.array([0])}
+    probs = average_clip_predictions([a, b])["probs"]
+    sa, sb = np.exp([10.0, 0.0, 9.0]), np.exp([-10.0, 0.0, -9.0])
+    np.testing.assert_allclose(probs[0], (sa / sa.sum() + sb / sb.sum()) / 2, rtol=1e-5)
+    assert probs[0].argmax() == 1  # mean softmax: class 1 (0.5 from clip b); mean logits [0, 0, 0] ties at 0
+    single = average_clip_predictions([clip0])  # K = 1: the softmax of that clip
+    np.testing.assert_allclose(single["probs"][0], [0.25, 0.5, 0.25], rtol=1e-6)
+    with pytest.raises(ValueError, match="same videos"):
+        average_clip_predictions([clip0, {**clip1, "labels": np.array([0, 1])}])
+    with pytest.raises(ValueError, match="at least one"):
+        average_clip_predictions([])
+
+
+class _PhaseStudent(torch.nn.Module):
+    """Stub student: class by the phase of a clip's mean grey level L, theta = pi (L / 15 - 0.5).
+
+    On the :func:`synth` videos with 6 frames, 2 frames per clip and 3 clips, the clips' mean levels are
+    22.5, 37.5, 52.5 (theta = pi, 2 pi, 3 pi): clip 0 -> class 0, clip 1 (the single clip) -> class 1, clip 2
+    -> class 0, each with probability ~1 (logits +-5).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> StudentOutput:
+        level = x.float().mean(dim=(1, 2, 3, 4))  # (B,)
+        c = torch.cos(torch.pi * (level / 15.0 - 0.5))
+        logits = 5.0 * torch.stack([-c, c], dim=1)
+        feature = torch.stack([c, torch.ones_like(c)], dim=1)
+        return StudentOutput(feature[:, None, :], feature, logits)
+
+
+class _NoDiagnostics(torch.nn.Module):
+    def diagnostics(self, student: StudentOutput, teacher: object) -> dict[str, torch.Tensor]:
+        return {}
+
+
+def test_evaluate_averages_clips(tmp_path: Path) -> None:
+    from xmkd.distill import TeacherOutputs
+    from xmkd.experiment import evaluate
+    from xmkd.train import TrainConfig
+
+    videos = tmp_path / "videos" / "A"
+    videos.mkdir(parents=True)
+    db = {}
+    for vid, subset in (("tr0", "training"), ("tr1", "training"), ("te0", "testing"), ("te1", "testing")):
+        synth(videos / f"{vid}.mp4", n_frames=6, fps=6)
+        db[vid] = {"subset": subset, "label": "A"}
+    (tmp_path / "ann.json").write_text(json.dumps({"labels": ["A", "B"], "database": db}))
+    cfg = FeatureConfig(video_dir=str(tmp_path / "videos"), annotation=str(tmp_path / "ann.json"), frames=2,
+                        size=32, workers=1)
+    rc = SimpleNamespace(train=TrainConfig(device="cpu", amp=False, batch_size=2),
+                         evaluate=SimpleNamespace(batch_size=3, map_topk=10))
+    teacher = TeacherOutputs(np.zeros((4, 2), np.float32), np.zeros((4, 2), np.float32))
+    results = {}
+    for k in (1, 3):
+        extract_features(dataclasses.replace(cfg, eval_clips=k), tmp_path / f"k{k}")
+        cache = FeatureCache(tmp_path / f"k{k}")
+        assert cache.eval_clips == k
+        results[k] = evaluate(_PhaseStudent(), _NoDiagnostics(), rc, cache, cache.frames, teacher, None)
+    (m1, pred1), (m3, pred3) = results[1], results[3]
+    assert pred1.tolist() == [1, 1] and m1["top1"] == 0.0  # the single clip (clip 1) alone: class 1
+    assert pred3.tolist() == [0, 0] and m3["top1"] == 1.0  # mean softmax of 3 clips: ~(2/3, 1/3) -> class 0
+    # an audio student's inputs (not the cache's frames) are never averaged
+    cache = FeatureCache(tmp_path / "k3")
+    _, pred = evaluate(_PhaseStudent(), _NoDiagnostics(), rc, cache, np.array(cache.frames), teacher, None)
+    assert pred.tolist() == [1, 1]

@@ -11,7 +11,7 @@ import yaml
 
 from xmkd.config import load_params
 from xmkd.errors import ConfigError
-from xmkd.profiles import check, format_value, load_profile, main, merge, to_overrides
+from xmkd.profiles import check, combine, format_value, load_profile, main, merge, to_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,6 +19,7 @@ PAPER = {
     "student.arch": "r2plus1d_18",
     "features.frames": 16,
     "features.size": 112,
+    "features.eval_clips": 3,
     "train.batch_size": 32,
     "train.lr": 0.0003,
     "train.weight_decay": 0.0005,
@@ -48,6 +49,7 @@ def test_paper_overrides_are_hydra_syntax() -> None:
         "student.arch=r2plus1d_18",
         "features.frames=16",
         "features.size=112",
+        "features.eval_clips=3",
         "train.batch_size=32",
         "train.lr=0.0003",
         "train.weight_decay=0.0005",
@@ -70,6 +72,9 @@ def test_paper_overrides_are_hydra_syntax() -> None:
         (["none", "kd"], "[none,kd]"),
         ("r2plus1d_18", "r2plus1d_18"),
         ("data/benchmark/videos", "data/benchmark/videos"),
+        ("../shared/x.tar.gz", "../shared/x.tar.gz"),
+        ("./x", "./x"),
+        (".5", "'.5'"),  # a float unquoted
         ("a b", "'a b'"),
         ("null", "'null'"),  # the string, not None
         ("1.5", "'1.5'"),  # the string, not a float
@@ -90,7 +95,8 @@ def test_dvc_applies_the_overrides_to_exactly_the_merged_params(tmp_path: Path, 
         **load_profile("paper", ROOT),
         "methods": ["none", "mnf_csc"],
         "csc": {"tau_min": 0.01, "temperature": 0.2},
-        "features": {"video_dir": "/data/ucf 101/videos", "annotation": "null"},  # needs quoting
+        "features": {"video_dir": "/data/ucf 101/videos", "annotation": "null"},  # need quoting
+        "sources": {"mirror": "../shared/datasets"},
     }
     p = tmp_path / "params.yaml"
     shutil.copy2(ROOT / "params.yaml", p)
@@ -135,3 +141,31 @@ def test_cli_overrides_and_run_dry_run(monkeypatch: pytest.MonkeyPatch, capsys: 
     assert " exp run -n paper -S student.arch=r2plus1d_18" in cmd and cmd.rstrip().endswith("--queue")
     assert main(["show", "nope"]) == 1
     assert "no profile 'nope'" in capsys.readouterr().err
+
+
+def test_profiles_combine_in_order_and_each_is_validated(tmp_path: Path) -> None:
+    assert combine([{"train": {"lr": 0.1, "epochs": 2}}, {"train": {"lr": 0.2}, "seeds": [0]}]) == {
+        "train": {"lr": 0.2, "epochs": 2},
+        "seeds": [0],
+    }
+    shutil.copy2(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "a.yaml").write_text("train:\n  epochs: 2\n  lr: 0.1\n")
+    (tmp_path / "profiles" / "b.yaml").write_text("train:\n  lr: 0.2\n")
+    (tmp_path / "profiles" / "typo.yaml").write_text("csc:\n  temprature: 0.2\n")
+    profile, merged = check(["a", "b"], root=tmp_path, strict=False)
+    assert profile == {"train": {"epochs": 2, "lr": 0.2}} and merged["train"]["lr"] == 0.2
+    with pytest.raises(ConfigError, match=r"'csc\.temprature'.*did you mean 'csc\.temperature'"):
+        check(["a", "typo"], root=tmp_path, strict=False)
+
+
+def test_cli_run_with_two_profiles_names_the_experiment_after_both(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setattr("xmkd.profiles.load_profile", lambda n, root=None: {"a": {"train": {"epochs": 2}},
+                                                                            "b": {"train": {"lr": 0.2}}}[n])
+    assert main(["run", "a", "b", "--dry-run"]) == 0
+    cmd = capsys.readouterr().out
+    assert " exp run -n a-b -S train.epochs=2 -S train.lr=0.2" in cmd

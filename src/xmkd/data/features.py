@@ -12,6 +12,12 @@ Each id is looked up as ``<video_dir>/<label>/<id>.<ext>`` (UCF101 layout; the b
 - ``manifest.parquet``: row i describes sample i (see :data:`MANIFEST_COLUMNS`).
 - ``labels.json``: the annotation's class names; ``label_index`` indexes this list.
 - ``report.json``: counts, skipped files by reason, the config used.
+- only with ``features.eval_clips = K > 1``: ``eval_frames.npy``, uint8 (M, K, T, size, size, 3), ``K``
+  evaluation clips (:func:`xmkd.data.video.clip_indices`) of each of the M rows of an evaluation subset
+  (every subset except :data:`TRAINING_SUBSETS`), and ``eval_rows.npy``, int64 (M,), the ascending cache
+  rows they belong to. Training rows get no extra clips: they are trained on, and serve as the retrieval
+  gallery, with their single clip. With K = 1 neither file is written and the cache is byte-identical to
+  one written before the option existed.
 
 :class:`FeatureCache` reads it back (memory-mapped) for training.
 """
@@ -64,6 +70,10 @@ MANIFEST_COLUMNS: dict[str, str] = {
 }
 
 FILES = ("frames.npy", "logmel.npy", "manifest.parquet", "labels.json", "report.json")
+#: Files of the multi-clip evaluation input (only with ``features.eval_clips > 1``).
+EVAL_FILES = ("eval_frames.npy", "eval_rows.npy")
+#: Subsets whose rows get no evaluation clips; the rows of every other subset do.
+TRAINING_SUBSETS: tuple[str, ...] = ("training", "train")
 
 _SKIP_FIX = (
     "Fix or remove the file (or its annotation entry), or set features.on_error: skip in params.yaml to leave "
@@ -90,6 +100,9 @@ class FeatureConfig:
             extraction with a :class:`~xmkd.errors.DecodeError`; ``"skip"``: it is left out and listed in
             report.json.
         workers: decoding processes (1 = decode in the calling process). Results do not depend on it.
+        eval_clips: K, clips per evaluation video (rows not in :data:`TRAINING_SUBSETS`), averaged at test
+            time (the paper: 3). K > 1 also writes ``eval_frames.npy`` / ``eval_rows.npy``; K = 1 writes
+            neither and changes nothing.
     """
 
     video_dir: str = "data/benchmark/videos"
@@ -104,9 +117,10 @@ class FeatureConfig:
     top_db: float = 80.0
     on_error: Literal["error", "skip"] = "error"
     workers: int = 2
+    eval_clips: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("frames", "size", "sample_rate", "n_fft", "hop_length", "n_mels", "workers"):
+        for name in ("frames", "size", "sample_rate", "n_fft", "hop_length", "n_mels", "workers", "eval_clips"):
             if getattr(self, name) < 1:
                 raise ValueError(f"features.{name} must be >= 1, got {getattr(self, name)}")
         if self.audio_seconds <= 0:
@@ -289,21 +303,24 @@ def resolve_videos(
 
 # ----------------------------------------------------------------------------------------------- decoding
 
-_Job = tuple[str, int, int, float, LogMelConfig]
+_Job = tuple[str, int, int, float, LogMelConfig, int]
 _Result = tuple[str, Any, Any]
 
 
 def _process_one(job: _Job) -> _Result:
-    """Decode one file; ``("ok", clip meta dict with frames, logmel)`` or ``("skip", reason, message)``."""
-    path, frames, size, audio_seconds, lm_cfg = job
+    """Decode one file: ``("ok", (frames, logmel, eval_frames or None), meta)`` or ``("skip", reason, message)``."""
+    path, frames, size, audio_seconds, lm_cfg, eval_clips = job
     try:
-        clip = decode_clip(path, frames=frames, size=size, sample_rate=lm_cfg.sample_rate, audio_seconds=audio_seconds)
+        clip = decode_clip(
+            path, frames=frames, size=size, sample_rate=lm_cfg.sample_rate, audio_seconds=audio_seconds,
+            eval_clips=eval_clips,
+        )
     except VideoDecodeError as e:
         return ("skip", e.reason, e.detail)
     with torch.no_grad():
         mel = logmel(torch.from_numpy(clip.wave), lm_cfg).numpy().astype(np.float32, copy=False)
     meta = {k: getattr(clip, k) for k in MANIFEST_COLUMNS if hasattr(clip, k)}
-    return ("ok", (clip.frames, mel), meta)
+    return ("ok", (clip.frames, mel, clip.eval_frames), meta)
 
 
 def _init_worker() -> None:
@@ -413,7 +430,9 @@ def _decode_into(
 ) -> list[dict[str, Any]]:
     """Decode ``videos`` (all with a path) into ``tmp/frames.npy`` + ``tmp/logmel.npy``; return manifest rows.
 
-    Skipped files are added to ``skipped_by_id`` (``on_error: skip``) or raise (``on_error: error``).
+    With ``cfg.eval_clips > 1`` also ``tmp/eval_frames.npy`` + ``tmp/eval_rows.npy`` (module docstring), unless
+    no row of an evaluation subset was decoded. Skipped files are added to ``skipped_by_id``
+    (``on_error: skip``) or raise (``on_error: error``).
     """
     lm_cfg = cfg.logmel_config()
     n = len(videos)
@@ -423,8 +442,21 @@ def _decode_into(
     logmel_mm = open_memmap(
         tmp / "logmel.rows.npy", mode="w+", dtype=np.float32, shape=(max(n, 1), lm_cfg.n_mels, lm_cfg.n_frames)
     )
+    multi = cfg.eval_clips > 1
+    is_eval = [multi and v.subset not in TRAINING_SUBSETS for v in videos]
+    n_eval = sum(is_eval)
+    eval_mm = None
+    if n_eval:
+        eval_mm = open_memmap(
+            tmp / "eval_frames.rows.npy", mode="w+", dtype=np.uint8,
+            shape=(n_eval, cfg.eval_clips, cfg.frames, cfg.size, cfg.size, 3),
+        )
+    eval_rows: list[int] = []
     paths = [video_dir / str(v.path) for v in videos]
-    jobs = ((str(p), cfg.frames, cfg.size, cfg.audio_seconds, lm_cfg) for p in paths)
+    jobs = (
+        (str(p), cfg.frames, cfg.size, cfg.audio_seconds, lm_cfg, cfg.eval_clips if e else 1)
+        for p, e in zip(paths, is_eval)
+    )
     rows: list[dict[str, Any]] = []
     results = ordered_map(_process_one, jobs, cfg.workers)
     try:
@@ -436,6 +468,10 @@ def _decode_into(
             else:
                 frames_mm[len(rows)] = a[0]
                 logmel_mm[len(rows)] = a[1]
+                if a[2] is not None:
+                    assert eval_mm is not None
+                    eval_mm[len(eval_rows)] = a[2]
+                    eval_rows.append(len(rows))
                 row = {"id": v.id, "subset": v.subset, "label": v.label, "label_index": v.label_index, "path": v.path}
                 rows.append({**row, **b})
             if progress is not None:
@@ -453,6 +489,18 @@ def _decode_into(
             if rows:
                 _shrink_rows(src, tmp / f"{name}.npy", len(rows))
             src.unlink()
+    if eval_mm is not None:
+        eval_mm.flush()
+        del eval_mm
+        src = tmp / "eval_frames.rows.npy"
+        if len(eval_rows) == n_eval:
+            os.replace(src, tmp / "eval_frames.npy")
+        else:
+            if eval_rows:
+                _shrink_rows(src, tmp / "eval_frames.npy", len(eval_rows))
+            src.unlink()
+        if eval_rows:
+            np.save(tmp / "eval_rows.npy", np.asarray(eval_rows, dtype=np.int64))
     return rows
 
 
@@ -543,7 +591,22 @@ def _report(
     cfg: FeatureConfig, labels: list[str], videos: list[AnnotatedVideo], manifest: pd.DataFrame,
     skipped: list[SkippedFile], unannotated: int,
 ) -> dict[str, Any]:
-    """Content of report.json (deterministic: no timings, no absolute paths)."""
+    """Content of report.json (deterministic: no timings, no absolute paths).
+
+    With ``eval_clips == 1`` it holds neither ``eval_clips`` nor an ``eval_frames`` shape, so that the cache
+    stays byte-identical to one written before the option existed (DVC then sees an unchanged
+    ``data/features`` and re-runs nothing downstream).
+    """
+    config = asdict(cfg)
+    shapes = {
+        "frames": [int(len(manifest)), cfg.frames, cfg.size, cfg.size, 3],
+        "logmel": [int(len(manifest)), cfg.n_mels, cfg.logmel_config().n_frames],
+    }
+    if cfg.eval_clips == 1:
+        del config["eval_clips"]
+    else:
+        n_eval = int((~manifest["subset"].isin(TRAINING_SUBSETS)).sum())
+        shapes["eval_frames"] = [n_eval, cfg.eval_clips, cfg.frames, cfg.size, cfg.size, 3]
     by_reason: dict[str, list[dict[str, str]]] = {}
     for s in skipped:
         by_reason.setdefault(s.reason, []).append({"id": s.id, "path": s.path, "message": s.message})
@@ -558,11 +621,8 @@ def _report(
         "n_classes": len(labels),
         "n_unannotated_files_in_video_dir": int(unannotated),
         "audio_padded_clips": int((manifest["audio_padded_s"] > 0).sum()),
-        "shapes": {
-            "frames": [int(len(manifest)), cfg.frames, cfg.size, cfg.size, 3],
-            "logmel": [int(len(manifest)), cfg.n_mels, cfg.logmel_config().n_frames],
-        },
-        "config": asdict(cfg),
+        "shapes": shapes,
+        "config": config,
     }
 
 
@@ -579,9 +639,15 @@ class FeatureCache:
         manifest: DataFrame with N rows (:data:`MANIFEST_COLUMNS`); row i describes sample i.
         labels: class names; ``manifest.label_index`` indexes this list.
         report: the content of report.json (counts, skipped files, config used).
+        eval_clips: K, evaluation clips per video of an evaluation subset (1: no ``eval_frames.npy``).
+        eval_frames: uint8 (M, K, T, H, W, 3) RGB, memory-mapped (read-only), the K clips of each row in
+            ``eval_rows`` (see :func:`xmkd.data.video.clip_indices`); None when K = 1.
+        eval_rows: int64 (M,), ascending cache rows of ``eval_frames`` (the rows of the evaluation subsets);
+            None when K = 1. :meth:`eval_positions` maps rows to positions in it.
 
     Raises:
-        DataError: if a file is missing or the arrays and manifest disagree in length.
+        DataError: if a file is missing (or only one of ``eval_frames.npy`` / ``eval_rows.npy`` exists), or
+            the arrays and manifest disagree in length or shape.
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -603,6 +669,27 @@ class FeatureCache:
                 f"feature cache {self.root} is inconsistent: frames {self.frames.shape}, logmel "
                 f"{self.logmel.shape}, manifest {n} rows: rebuild it with `dvc repro -f extract_features`."
             )
+        self.eval_frames: np.ndarray | None = None
+        self.eval_rows: np.ndarray | None = None
+        self.eval_clips = 1
+        present = [f for f in EVAL_FILES if (self.root / f).is_file()]
+        if present:
+            rebuild = "rebuild it with `dvc repro -f extract_features`"
+            if len(present) != len(EVAL_FILES):
+                raise DataError(
+                    f"feature cache {self.root} has {present} but not all of {list(EVAL_FILES)}: {rebuild}."
+                )
+            ef = np.load(self.root / "eval_frames.npy", mmap_mode="r")
+            er = np.load(self.root / "eval_rows.npy")
+            if (
+                ef.ndim != 6 or ef.shape[0] != er.shape[0] or ef.shape[2:] != self.frames.shape[1:]
+                or er.ndim != 1 or er.size == 0 or er.min() < 0 or er.max() >= n or np.any(np.diff(er) <= 0)
+            ):
+                raise DataError(
+                    f"feature cache {self.root} is inconsistent: eval_frames {ef.shape}, eval_rows {er.shape}, "
+                    f"frames {self.frames.shape}: {rebuild}."
+                )
+            self.eval_frames, self.eval_rows, self.eval_clips = ef, er.astype(np.int64), int(ef.shape[1])
 
     def __len__(self) -> int:
         """N, the number of samples."""
@@ -635,6 +722,29 @@ class FeatureCache:
     def targets(self) -> np.ndarray:
         """(N,) int64 class indices (``manifest.label_index``)."""
         return self.manifest["label_index"].to_numpy(dtype=np.int64)
+
+    def eval_positions(self, rows: np.ndarray) -> np.ndarray:
+        """(n,) int64 positions in ``eval_frames`` / ``eval_rows`` of the cache ``rows`` (n,).
+
+        Raises:
+            DataError: if the cache has no evaluation clips (``eval_clips == 1``) or a row has none (a row of
+                a training subset).
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.eval_rows is None:
+            raise DataError(
+                f"feature cache {self.root} has no evaluation clips: set features.eval_clips > 1 in params.yaml "
+                "and re-run `dvc repro extract_features`."
+            )
+        pos = np.searchsorted(self.eval_rows, rows)
+        ok = (pos < self.eval_rows.size) & (self.eval_rows[np.minimum(pos, self.eval_rows.size - 1)] == rows)
+        if not ok.all():
+            bad = rows[~ok][:5].tolist()
+            raise DataError(
+                f"feature cache {self.root}: rows {bad} have no evaluation clips (only rows outside "
+                f"{list(TRAINING_SUBSETS)} have them): evaluate on an evaluation subset."
+            )
+        return pos.astype(np.int64)
 
 
 def config_from_params(params: dict[str, Any]) -> FeatureConfig:

@@ -3,7 +3,9 @@
 :func:`decode_clip` is the single entry point used by feature extraction. It reads any container FFmpeg
 reads (AVI, MP4, MKV, WebM, ...), samples ``T`` frames uniformly over the video (the centre frame of ``T``
 equal segments), resizes them (short side to ``size`` px, antialiased, then a centre crop) and resamples the
-sound track to mono at ``sample_rate`` Hz, cropped from t=0 or zero-padded to a fixed length.
+sound track to mono at ``sample_rate`` Hz, cropped from t=0 or zero-padded to a fixed length. With
+``eval_clips=K > 1`` it also returns ``K`` further clips of ``T`` frames for multi-clip evaluation
+(:func:`clip_indices`).
 
 Only the sampled frames are kept in memory: their indices are computed up front from the frame count the
 container declares (or from its duration x frame rate); a container that declares neither is decoded twice
@@ -91,6 +93,9 @@ class DecodedClip:
         audio_channels_in: number of channels of the source sound track.
         audio_seconds_in: s, length of the decoded source sound track.
         audio_padded_s: s of zeros appended to reach the requested length (0 if the track was long enough).
+        eval_frames: (K, T, size, size, 3) uint8 RGB, the ``K`` evaluation clips (:func:`clip_indices`), or
+            None when ``eval_clips == 1`` (then ``frames`` is the only clip).
+        eval_frame_indices: (K, T) int64 indices (in decoding order) of ``eval_frames``, or None.
     """
 
     frames: np.ndarray
@@ -107,6 +112,8 @@ class DecodedClip:
     audio_channels_in: int
     audio_seconds_in: float
     audio_padded_s: float
+    eval_frames: np.ndarray | None = None
+    eval_frame_indices: np.ndarray | None = None
 
 
 def uniform_indices(n_frames: int, t: int) -> np.ndarray:
@@ -125,6 +132,30 @@ def uniform_indices(n_frames: int, t: int) -> np.ndarray:
         raise ValueError(f"need n_frames >= 1 and t >= 1, got n_frames={n_frames}, t={t}")
     k = np.arange(t, dtype=np.int64)
     return ((2 * k + 1) * n_frames) // (2 * t)
+
+
+def clip_indices(n_frames: int, t: int, k: int) -> np.ndarray:
+    """Frame indices of ``k`` evaluation clips of ``t`` frames each, spread evenly over the whole video.
+
+    Clip ``c`` samples the video with the same spacing ``n_frames / t`` as the single clip of
+    :func:`uniform_indices` (the clip a student trains on), shifted by ``(c + 0.5) / k`` of a spacing:
+    ``index_{c,j} = floor((j + (c + 0.5) / k) * n_frames / t) = floor((2 (j k + c) + 1) n_frames / (2 k t))``.
+    Equivalently: the ``k * t`` indices of ``uniform_indices(n_frames, k * t)`` dealt out to the ``k`` clips
+    in turn. ``k = 1`` gives :func:`uniform_indices` exactly; for odd ``k`` the middle clip ``c = (k - 1) / 2``
+    is that single clip. Each clip spans the whole video at the training clip's frame rate (not a ``k`` times
+    denser sub-window), so evaluation clips differ from the training clip only in temporal phase. The clips
+    are in temporal order (``index_{c,j}`` is non-decreasing in ``c``, and in ``j``); they share frames only
+    when ``n_frames < k * t``.
+
+    Returns:
+        (k, t) int64, each in ``[0, n_frames)``.
+
+    Raises:
+        ValueError: if ``n_frames < 1``, ``t < 1`` or ``k < 1``.
+    """
+    if k < 1:
+        raise ValueError(f"need k >= 1 clips, got k={k}")
+    return np.ascontiguousarray(uniform_indices(n_frames, k * t).reshape(t, k).T)
 
 
 def resize_crop(frame: np.ndarray, size: int) -> np.ndarray:
@@ -178,11 +209,11 @@ def _planned_frame_count(
 
 
 class _VideoSampler:
-    """Keeps (resized) only the decoded frames whose index is in ``targets``."""
+    """Keeps (resized) only the decoded frames whose index is in ``targets`` (any shape; None keeps none)."""
 
     def __init__(self, targets: np.ndarray | None, size: int) -> None:
         self.targets = targets
-        self.wanted = set(int(i) for i in targets) if targets is not None else set()
+        self.wanted = set(int(i) for i in targets.reshape(-1)) if targets is not None else set()
         self.size = size
         self.kept: dict[int, np.ndarray] = {}
         self.count = 0
@@ -198,12 +229,23 @@ class _VideoSampler:
             self.kept[self.count] = resize_crop(frame.to_ndarray(format="rgb24", threads=1), self.size)
         self.count += 1
 
-    def satisfied(self) -> bool:
-        return self.targets is not None and all(int(i) in self.kept for i in self.targets)
+    def satisfied(self, indices: np.ndarray | None = None) -> bool:
+        """Whether every frame of ``indices`` (default: the targets) was kept."""
+        idx = self.targets if indices is None else indices
+        return idx is not None and all(int(i) in self.kept for i in idx.reshape(-1))
 
-    def stack(self) -> np.ndarray:
-        assert self.targets is not None
-        return np.stack([self.kept[int(i)] for i in self.targets])
+    def stack(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """(*indices.shape, size, size, 3) uint8: the kept frames of ``indices`` (default: the targets)."""
+        idx = self.targets if indices is None else indices
+        assert idx is not None
+        return np.stack([self.kept[int(i)] for i in idx.reshape(-1)]).reshape(*idx.shape, self.size, self.size, 3)
+
+
+def _union(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    """Sorted distinct indices of ``a`` and ``b`` (None if ``a`` is None; ``b`` None adds nothing)."""
+    if a is None or b is None:
+        return a
+    return np.union1d(a.reshape(-1), b.reshape(-1))
 
 
 class _AudioCollector:
@@ -290,7 +332,13 @@ def _decode_pass(
 
 
 def decode_clip(
-    path: str | os.PathLike[str], *, frames: int, size: int, sample_rate: int, audio_seconds: float
+    path: str | os.PathLike[str],
+    *,
+    frames: int,
+    size: int,
+    sample_rate: int,
+    audio_seconds: float,
+    eval_clips: int = 1,
 ) -> DecodedClip:
     """Decode one video file into ``frames`` RGB frames of ``size`` x ``size`` px and a mono sound track.
 
@@ -299,6 +347,12 @@ def decode_clip(
     duration x frame rate). If the container declares a frame count but decoding stops before a sampled
     index, the file is reported as truncated. Without a declared count the file is decoded twice if needed
     (count, then keep). Frames are resized with :func:`resize_crop`.
+
+    With ``eval_clips = K > 1`` the same pass also keeps the frames of ``K`` evaluation clips
+    (:func:`clip_indices`, planned from the same frame count); ``frames`` and every other field are exactly
+    what ``eval_clips = 1`` gives. If the single clip's frames were all decoded but an evaluation clip's were
+    not (the declared or estimated count exceeds the frames the stream yields), the evaluation clips are
+    re-planned from the decoded count in a second pass, so a file is accepted or rejected alike for every K.
 
     Sound: the best audio stream, resampled by FFmpeg (``AudioResampler(format="flt", layout="mono",
     rate=sample_rate)``), cropped from t=0 or zero-padded to ``round(sample_rate * audio_seconds)`` samples.
@@ -309,15 +363,19 @@ def decode_clip(
         size: output side in px (>= 1).
         sample_rate: Hz of the output waveform.
         audio_seconds: s, length of the output waveform.
+        eval_clips: K, evaluation clips to decode besides ``frames`` (1 = none).
 
     Returns:
-        A :class:`DecodedClip` (``frames``: (T, size, size, 3) uint8; ``wave``: (n_samples,) float32).
+        A :class:`DecodedClip` (``frames``: (T, size, size, 3) uint8; ``wave``: (n_samples,) float32;
+        ``eval_frames``: (K, T, size, size, 3) uint8 or None when K = 1).
 
     Raises:
         VideoDecodeError: (a :class:`xmkd.errors.DecodeError`) with ``reason`` one of :data:`REASONS`: the file
             is missing, cannot be opened, has no video stream or no decodable video frame, is truncated,
             fails to decode, has no sound track, or its sound track has no samples.
     """
+    if eval_clips < 1:
+        raise ValueError(f"eval_clips must be >= 1, got {eval_clips}")
     p = Path(path)
     if not p.is_file():
         raise VideoDecodeError(p, MISSING, "file not found")
@@ -336,13 +394,15 @@ def decode_clip(
         video_codec = str(vstream.codec_context.name)
         audio_codec = str(astream.codec_context.name)
         targets = uniform_indices(planned, frames) if planned is not None else None
+        multi = eval_clips > 1
+        clip_targets = clip_indices(planned, frames, eval_clips) if multi and planned is not None else None
         audio = _AudioCollector(sample_rate, n_samples)
-        sampler = _decode_pass(p, container, targets, size, audio)
+        sampler = _decode_pass(p, container, _union(targets, clip_targets), size, audio)
 
     n_decoded = sampler.count
     if n_decoded == 0:
         raise VideoDecodeError(p, NO_VIDEO_FRAMES, "the video stream yields no decodable frame")
-    if not sampler.satisfied():
+    if targets is None or not sampler.satisfied(targets):
         if declared and targets is not None:
             raise VideoDecodeError(
                 p, TRUNCATED,
@@ -351,9 +411,17 @@ def decode_clip(
             )
         # No (or only an estimated) frame count: now that the true count is known, keep the right frames.
         targets = uniform_indices(n_decoded, frames)
+        clip_targets = clip_indices(n_decoded, frames, eval_clips) if multi else None
         with _open(p) as container:
-            sampler = _decode_pass(p, container, targets, size, None)
-        if not sampler.satisfied():
+            sampler = _decode_pass(p, container, _union(targets, clip_targets), size, None)
+        if not (sampler.satisfied(targets) and (clip_targets is None or sampler.satisfied(clip_targets))):
+            raise VideoDecodeError(p, CORRUPT, "a second decoding pass yielded fewer frames than the first")
+    elif clip_targets is not None and not sampler.satisfied(clip_targets):
+        # The single clip is complete but the count over-states the stream: re-plan the evaluation clips.
+        clip_targets = clip_indices(n_decoded, frames, eval_clips)
+        with _open(p) as container:
+            sampler = _decode_pass(p, container, _union(targets, clip_targets), size, None)
+        if not (sampler.satisfied(targets) and sampler.satisfied(clip_targets)):
             raise VideoDecodeError(p, CORRUPT, "a second decoding pass yielded fewer frames than the first")
     if audio.n_in == 0:
         raise VideoDecodeError(p, NO_AUDIO_SAMPLES, "the sound track yields no decodable sample")
@@ -362,7 +430,7 @@ def decode_clip(
         duration = Fraction(n_decoded) / rate
     assert targets is not None
     return DecodedClip(
-        frames=sampler.stack(),
+        frames=sampler.stack(targets),
         wave=wave,
         duration_s=float(duration) if duration is not None else math.nan,
         fps=float(rate) if rate is not None else math.nan,
@@ -376,6 +444,8 @@ def decode_clip(
         audio_channels_in=audio.channels_in,
         audio_seconds_in=audio.n_in / audio.rate_in,
         audio_padded_s=(n_samples - min(audio.n_out, n_samples)) / sample_rate,
+        eval_frames=sampler.stack(clip_targets) if clip_targets is not None else None,
+        eval_frame_indices=clip_targets.astype(np.int64) if clip_targets is not None else None,
     )
 
 
