@@ -10,6 +10,9 @@ for 2 epochs once in one process and once as a 2-process DDP job through the rea
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,15 @@ import torch.multiprocessing as tmp
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from xmkd.ddp import DEBUG_DIR_ENV, DistContext, rank_seed, state_digest, torchrun_command
+from xmkd.ddp import (
+    DEBUG_DIR_ENV,
+    DistContext,
+    all_gather_with_grad,
+    average_grads_,
+    rank_seed,
+    state_digest,
+    torchrun_command,
+)
 from xmkd.errors import ConfigError, TrainingError
 from xmkd.experiment import checkpoint_path, run_all
 from xmkd.methods import Dims, build_method, method_config
@@ -120,19 +131,49 @@ def test_two_process_ddp_matches_single_process(
     assert ckpt["meta"]["config"]["train"]["nproc"] == 2
     assert not any((workdir / p).exists() for p in ("mlflow.db", "mlruns", "mlartifacts", "metrics"))
 
-    # every rank's clips are counted: the same loss terms, and per-epoch means close to the single run.
-    # Same initial weights (same seed) and the same global batch of 32; what differs is the clip order and
-    # BatchNorm / CSC statistics over 16 instead of 32 clips per forward. Tolerance: 10% of the loss; the
-    # first-epoch losses are dominated by the shared initialisation (measured differences: see the report).
+    # The same loss terms, every rank's clips counted; per-epoch numbers close to the single-process run.
+    # Same initial weights (same seed) and the same global batch of 32; what differs is the clip order and the
+    # BatchNorm / CSC statistics over 16 instead of 32 clips per forward. Epoch 1 is dominated by the shared
+    # initialisation: its CE must agree within 12% (measured over seeds 0-2: at most 7.5% for none, 4.5% for
+    # mnf_csc, while single-process runs of different seeds spread by 25%). Later epochs diverge like runs
+    # of different seeds, so there only learning is required. CSC's value itself depends on the per-forward
+    # batch (an in-batch contrast over 16 instead of 32 clips; on the default benchmark, epoch 1: 3.28 single vs
+    # 2.51 DDP),
+    # so it is not compared.
     s_hist, d_hist = single["history"], ddp["history"]
     assert set(s_hist[0]) == set(d_hist[0])
-    for sh, dh in zip(s_hist, d_hist):
-        assert dh["lr"] == sh["lr"]
-        assert dh["loss/total"] == pytest.approx(sh["loss/total"], rel=0.10)
-        assert dh["loss/ce"] == pytest.approx(sh["loss/ce"], rel=0.10)
-    # both learn the task (4 classes: chance 25%) and end within a few test clips of each other
-    assert single["metrics"]["top1"] > 0.6 and ddp["metrics"]["top1"] > 0.6
-    assert abs(single["metrics"]["top1"] - ddp["metrics"]["top1"]) <= 0.25
+    assert [h["lr"] for h in d_hist] == [h["lr"] for h in s_hist]
+    assert d_hist[0]["loss/ce"] == pytest.approx(s_hist[0]["loss/ce"], rel=0.12)
+    for hist in (s_hist, d_hist):
+        assert hist[-1]["loss/ce"] < hist[0]["loss/ce"] < 1.05 * np.log(C)
+    if method == "none":  # solved both ways (4 classes, chance 25%)
+        assert single["metrics"]["top1"] >= 0.9 and ddp["metrics"]["top1"] >= 0.9
+        assert d_hist[-1]["loss/ce"] < 0.2 and s_hist[-1]["loss/ce"] < 0.2
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_machine(workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Multi-node path (static rendezvous at train.rdzv_endpoint), two 'nodes' of one process on localhost:
+    node 0 runs the stage's code (run_all), node 1 joins with ``python -m xmkd.ddp join``; node 0 holds rank 0,
+    gets the result and the checkpoint."""
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        port = so.getsockname()[1]
+    config = _write_config(workdir, "none", "two-nodes", nproc=1, nnodes=2, rdzv_endpoint=f"127.0.0.1:{port}")
+    debug = tmp_path / "hashes"
+    monkeypatch.setenv(DEBUG_DIR_ENV, str(debug))
+    monkeypatch.chdir(workdir)
+    node1 = subprocess.Popen([sys.executable, "-m", "xmkd.ddp", "join", "--run", "two-nodes", "--node-rank", "1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        res = _run(workdir, config, monkeypatch)
+        out, _ = node1.communicate(timeout=120)
+    finally:
+        node1.kill()
+    assert node1.returncode == 0, out
+    assert res["seed"] == 0 and res["history"][-1]["loss/ce"] < res["history"][0]["loss/ce"]
+    assert (debug / "rank-0.sha256").read_text() == (debug / "rank-1.sha256").read_text()
+    assert (workdir / checkpoint_path("two-nodes", 0)).exists()
 
 
 # ------------------------------------------------------- exact equivalence where nothing couples the batch
@@ -164,6 +205,16 @@ def _toy() -> tuple[nn.Module, nn.Module, TensorDataset, TrainConfig]:
     return student, method, ds, TrainConfig(epochs=2, batch_size=_B, lr=0.05, device="cpu", amp=False)
 
 
+def _in_batch_loss(f_rows: torch.Tensor, f_cols: torch.Tensor) -> torch.Tensor:
+    """A contrastive-style term coupling the batch: mean_i logsumexp_j (f_i · f_j), f_cols over the whole batch."""
+    return torch.logsumexp(f_rows @ f_cols.T, dim=1).mean()
+
+
+def _in_batch_data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    return torch.randn(_B, 3, generator=g), torch.randn(3, 2, generator=g)
+
+
 def _toy_rank(rank: int, folder: str) -> None:
     """DDP rank: the same global batches as the single process, rank r taking half r of each."""
     tdist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
@@ -174,18 +225,25 @@ def _toy_rank(rank: int, folder: str) -> None:
         batches = [list(range(b + rank * half, b + (rank + 1) * half)) for b in range(0, _N, _B)]
         history = train(student, method, DataLoader(ds, batch_sampler=batches), None, cfg, torch.device("cpu"),
                         dist=DistContext(rank, 2, rank))
-        torch.save({"student": student.state_dict(), "method": method.state_dict(), "history": history},
-                   f"{folder}/rank-{rank}.pt")
+        x, w = _in_batch_data()  # global in-batch term: local rows against the gathered global batch
+        w.requires_grad_(True)
+        f = x[rank * (_B // 2) : (rank + 1) * (_B // 2)] @ w
+        _in_batch_loss(f, all_gather_with_grad(f)).backward()
+        average_grads_([w])  # what DDP does with a parameter's gradient
+        torch.save({"student": student.state_dict(), "method": method.state_dict(), "history": history,
+                    "in_batch_grad": w.grad}, f"{folder}/rank-{rank}.pt")
     finally:
         tdist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_equals_single_process_when_nothing_couples_the_batch(tmp_path: Path) -> None:
     """CRD on a BatchNorm-free student: the 2-rank run must equal the single-process run (float rounding).
 
     It checks every part of the distributed loop at once: the student's DDP gradients, the heads' two-group
     gradients averaged by hand (``crd_t`` is a heads-only term), CRD's memory bank updated with the gathered
-    rows of both ranks, its normaliser Z from the global first batch, and the epoch sums added over ranks.
+    rows of both ranks, its normaliser Z from the global first batch, and the epoch sums added over ranks;
+    and that a term coupling the batch, computed over :func:`all_gather_with_grad`, gets the full-batch gradient.
     """
     tmp.spawn(_toy_rank, args=(str(tmp_path),), nprocs=2, join=True)
     student, method, ds, cfg = _toy()
@@ -204,6 +262,12 @@ def test_ddp_equals_single_process_when_nothing_couples_the_batch(tmp_path: Path
     for h_ddp, h_single in zip(ranks[0]["history"], history):
         for k in ("loss/ce", "loss/crd_s", "loss/crd_t", "crd_h_pos_s", "train_top1"):
             assert h_ddp[k] == pytest.approx(h_single[k], rel=1e-5), k
+    # all_gather_with_grad: an in-batch term over the global batch has the single-process gradient
+    x, w = _in_batch_data()
+    w.requires_grad_(True)
+    _in_batch_loss(x @ w, x @ w).backward()
+    for r in (0, 1):
+        torch.testing.assert_close(ranks[r]["in_batch_grad"], w.grad, rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------- error handling

@@ -48,6 +48,7 @@ import inspect
 import io
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -72,7 +73,7 @@ if TYPE_CHECKING:
 
 #: set to a folder to make every rank write ``rank-<r>.sha256`` (hash of its final student + method state) there
 DEBUG_DIR_ENV = "XMKD_DDP_DEBUG_DIR"
-_TAIL_LINES = 60
+_TAIL_LINES = 80
 
 
 # ------------------------------------------------------------------------------------------------ collectives
@@ -99,6 +100,37 @@ def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, t)
     return torch.cat(parts, dim=0)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward hands every rank the gradient of the *global* loss w.r.t. its own rows."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ctx.rank, ctx.rows = dist.get_rank(), t.shape[0]
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # Σ over ranks of d(rank loss)/d(gathered rows)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
+def all_gather_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """Like :func:`all_gather_rows` (B, ...) -> (world_size * B, ...), but differentiable: for in-batch terms
+    (contrastive losses) computed over the global batch.
+
+    If rank r's loss L_r uses the gathered rows, the backward pass gives rank q the sum over ranks of
+    dL_r/d(rows of q) (an all-reduce of the gradient), so after DDP's averaging the gradient is that of
+    mean_r L_r, the loss of the global batch. ``t`` itself outside distributed training. Every rank must call
+    it at the same point of the forward pass (the backward holds a collective too).
+    """
+    if not is_distributed():
+        return t
+    return _GatherWithGrad.apply(t)
 
 
 def average_(tensors: Iterable[torch.Tensor]) -> None:
@@ -136,13 +168,14 @@ def average_grads_(params: Sequence[nn.Parameter]) -> None:
     A parameter whose gradient is None on every rank stays None (so Adam skips it, as in the single-process
     run); one that has a gradient on some rank but not here gets zeros here first, so all ranks step alike.
     """
-    if True:
+    if not is_distributed() or not params:
         return
     world = dist.get_world_size()
     device = params[0].device
     present = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
     flat = torch.cat(
-        [present] + [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().float().reshape(-1) for p in params]
+        [present]
+        + [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().float().reshape(-1) for p in params]
     )
     dist.all_reduce(flat)
     offset = len(params)
@@ -265,6 +298,11 @@ class DistContext:
         no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
         return nn.parallel.DistributedDataParallel(student, device_ids=ids, **no_sync)
 
+    def close(self) -> None:
+        """Leave the process group (every rank, at the same point: after the last collective of training)."""
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
     def report_state(self, student: nn.Module, method: nn.Module) -> None:
         """Debug/test aid: with ``$XMKD_DDP_DEBUG_DIR`` set, write the SHA-256 of this rank's final student and
         method state (parameters and buffers) to ``<dir>/rank-<rank>.sha256``; otherwise do nothing."""
@@ -299,6 +337,12 @@ def world_size(cfg: TrainConfig) -> int:
 def is_ddp(cfg: TrainConfig) -> bool:
     """True when a run is trained with DDP (``train.nproc > 1`` or ``train.nnodes > 1``)."""
     return world_size(cfg) > 1
+
+
+def threads_per_process(cfg: TrainConfig) -> int:
+    """torch threads of each of the ``train.nproc`` processes on a node: ``train.num_threads``, or with 0 (auto)
+    this machine's cores shared out between them (at least 1)."""
+    return cfg.num_threads if cfg.num_threads > 0 else max(1, (os.cpu_count() or 1) // cfg.nproc)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -393,8 +437,10 @@ def launch(config_path: Path | str, seed: int, rc: RunConfig, threads: int, seed
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
         code, tail = _run_streaming(torchrun_command(config_path, seed, seed_index, rc.train, threads, out), env)
         if code != 0 or not out.exists():
-            errors = [ln for ln in tail if ln.startswith("error: ") or "Error:" in ln]
-            first = errors[0] if errors else f"exit status {code}"
+            # the workers' own message: an XmkdError ("error: ...", see xmkd.cli), else a traceback's last line
+            first = next((ln for ln in tail if ln.startswith("error: ")), None) or next(
+                (ln for ln in tail if re.match(r"^\w+(Error|Exception)\b", ln)), f"exit status {code}"
+            )
             raise TrainingError(
                 f"distributed training of run '{rc.name}' seed {seed} ({rc.train.nproc} processes x "
                 f"{rc.train.nnodes} node(s)) failed: {first}\n--- last lines of its output ---\n" + "\n".join(tail)
@@ -426,11 +472,13 @@ def worker(config: str, seed: int, threads: int, out: str | None) -> None:
     backend = resolve_backend(rc.train.backend, device)
     if device.type == "cuda":
         torch.cuda.set_device(ctx.local_rank)
-    dist.init_process_group(backend)
+        dist.init_process_group(backend, device_id=torch.device("cuda", ctx.local_rank))
+    else:
+        dist.init_process_group(backend)
     try:
-        res = run_seed(config, seed, threads, dist=ctx)
+        res = run_seed(config, seed, threads, dist=ctx)  # leaves the group after training (DistContext.close)
     finally:
-        dist.destroy_process_group()
+        ctx.close()
     if ctx.is_main and out is not None:
         fd, tmp = tempfile.mkstemp(dir=Path(out).parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
@@ -446,7 +494,6 @@ def join(run: str, node_rank: int) -> None:
         ConfigError: the run is not multi-node, or ``node_rank`` is outside 1..nnodes-1.
         TrainingError: a seed's job failed.
     """
-    from xmkd.experiment import workers_and_threads
     from xmkd.runs import load_run_config
 
     config_path = Path(f"data/configs/{run}.json")
@@ -457,13 +504,15 @@ def join(run: str, node_rank: int) -> None:
             "one that runs the stage); set train.nnodes and train.rdzv_endpoint in params.yaml first."
         )
     _preflight(rc)
-    _, threads = workers_and_threads(rc)
+    threads = threads_per_process(rc.train)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     for i, seed in enumerate(rc.seeds):
         print(f"node {node_rank}: run '{run}' seed {seed}", flush=True)
         code, tail = _run_streaming(torchrun_command(config_path, seed, i, rc.train, threads, None, node_rank), env)
         if code != 0:
-            raise TrainingError(f"node {node_rank}: run '{run}' seed {seed} failed (exit status {code}):\n" + "\n".join(tail))
+            raise TrainingError(
+                f"node {node_rank}: run '{run}' seed {seed} failed (exit status {code}):\n" + "\n".join(tail)
+            )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,7 +37,7 @@ import torch
 
 from xmkd.data.conditions import assign_conditions, benchmark_config
 from xmkd.data.features import FeatureCache
-from xmkd.ddp import DistContext, is_ddp, launch
+from xmkd.ddp import DistContext, is_ddp, launch, threads_per_process
 from xmkd.distill import TeacherOutputs, run_distillation, save_checkpoint
 from xmkd.errors import DataError
 from xmkd.evaluate import classification_metrics, gate_metrics, retrieval_metrics
@@ -76,6 +76,10 @@ def teacher_outputs(rc: RunConfig, cache: FeatureCache) -> TeacherOutputs:
     root = Path(rc.teacher)
     if rc.irrelevant_rate is None:
         return TeacherOutputs.load(root, cache)
+    if (root / "NOT_APPLICABLE.txt").exists():
+        raise DataError(
+            f"robustness run {rc.name}: {(root / 'NOT_APPLICABLE.txt').read_text().strip()}"
+        )
     needed = [root / f"{c}_{k}.npy" for c in CONDITIONS for k in ("embeddings", "logits")] + [root / "ids.txt"]
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
@@ -97,6 +101,41 @@ def student_inputs(rc: RunConfig, cache: FeatureCache) -> np.ndarray:
     return cache.logmel if rc.modality == "audio" else cache.frames
 
 
+def average_clip_predictions(per_clip: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Video-level predictions from the predictions of K clips of the same N videos.
+
+    As the reference MNF+CSC code (GeWu-Lab/cross-modal-distillation): ``inference.py`` averages the
+    per-clip softmax probabilities of a video, ``retrieval/get_retrieval_feature.py`` the per-clip
+    (unnormalised) student features.
+
+    Args:
+        per_clip: K >= 1 outputs of :func:`xmkd.train.predict` over the same videos in the same order (clip k
+            in the k-th): ``"logits"`` (N, C), ``"features"`` (N, d), ``"labels"`` (N,), diagnostics (N, ...).
+
+    Returns:
+        ``{"probs": (N, C) mean over the clips of softmax(logits) (computed in float64), "features": (N, d)
+        mean feature, "labels": (N,), each diagnostic: its mean over the clips}``, float32 except labels.
+
+    Raises:
+        ValueError: no clip, or clips that disagree in keys, shapes or labels.
+    """
+    if not per_clip:
+        raise ValueError("average_clip_predictions needs at least one clip's predictions")
+    first = per_clip[0]
+    for k, out in enumerate(per_clip[1:], start=1):
+        if out.keys() != first.keys() or any(out[key].shape != first[key].shape for key in first):
+            raise ValueError(f"clip {k}'s predictions differ in keys or shapes from clip 0's")
+        if not np.array_equal(out["labels"], first["labels"]):
+            raise ValueError(f"clip {k}'s predictions are not over the same videos as clip 0's (labels differ)")
+    logits = np.stack([out["logits"] for out in per_clip], axis=1).astype(np.float64)  # (N, K, C)
+    z = np.exp(logits - logits.max(axis=2, keepdims=True))
+    result = {"probs": (z / z.sum(axis=2, keepdims=True)).mean(axis=1).astype(np.float32), "labels": first["labels"]}
+    for key in first:
+        if key not in ("logits", "labels"):
+            result[key] = np.mean([out[key].astype(np.float64) for out in per_clip], axis=0).astype(np.float32)
+    return result
+
+
 def evaluate(
     student: torch.nn.Module,
     method: torch.nn.Module,
@@ -107,6 +146,14 @@ def evaluate(
     conditions: np.ndarray | None,
 ) -> tuple[dict[str, float], np.ndarray]:
     """Test metrics of a trained student (see the module docstring).
+
+    Multi-clip evaluation: when the student's ``inputs`` are the cache's frames and the cache holds
+    ``K = cache.eval_clips > 1`` clips per test video (``features.eval_clips``), each test video is
+    predicted from its K clips (:func:`average_clip_predictions`: mean softmax probability for top-1/top-5/
+    mean class accuracy and the predictions, mean feature as the retrieval query, mean of each diagnostic
+    such as the MNF gate). The retrieval gallery (training videos) keeps its single clip, the clip the
+    student was trained on (the reference averages there too; the training set would need K x its frames on
+    disk). With K = 1 (or an audio student) every clip is a video and nothing is averaged.
 
     Returns:
         (metrics as fractions in [0, 1] except ``map_queries_without_hit`` (a count), test predictions (N_test,)).
@@ -121,12 +168,26 @@ def evaluate(
         ds = ClipDataset(inputs, labels, teacher.embedding, teacher.logits, cache.indices(subset))
         return predict(student, method, make_loader(ds, cfg, False, 0, device), device, rc.train.amp)
 
-    test, gallery = infer("testing"), infer("training")
-    metrics = classification_metrics(test["logits"], test["labels"], cache.num_classes)
+    def infer_clips(subset: str) -> dict[str, np.ndarray]:
+        assert cache.eval_frames is not None and cache.eval_rows is not None
+        rows = cache.eval_rows  # datasets over the rows of eval_frames, one per clip index k
+        pos = cache.eval_positions(cache.indices(subset))
+        emb, logits_t, y = np.asarray(teacher.embedding[rows]), np.asarray(teacher.logits[rows]), labels[rows]
+        per_clip = []
+        for k in range(cache.eval_clips):
+            ds = ClipDataset(cache.eval_frames[:, k], y, emb, logits_t, pos)
+            per_clip.append(predict(student, method, make_loader(ds, cfg, False, 0, device), device, rc.train.amp))
+        return average_clip_predictions(per_clip)
+
+    multi_clip = inputs is cache.frames and getattr(cache, "eval_frames", None) is not None
+    test = infer_clips("testing") if multi_clip else infer("testing")
+    gallery = infer("training")
+    scores = test["probs"] if multi_clip else test["logits"]
+    metrics = classification_metrics(scores, test["labels"], cache.num_classes)
     metrics |= retrieval_metrics(
         test["features"], test["labels"], gallery["features"], gallery["labels"], map_topk=rc.evaluate.map_topk
     )
-    pred = test["logits"].argmax(1)
+    pred = scores.argmax(1)
     if conditions is not None:
         cond = conditions[cache.indices("testing")]
         correct = pred == test["labels"]
@@ -162,6 +223,7 @@ def run_seed(config_path: str, seed: int, threads: int, dist: DistContext | None
     train_seconds = time.perf_counter() - t0
     if dist is not None:
         dist.report_state(student, method)  # test aid: hash of this rank's final weights, when asked for
+        dist.close()  # training's collectives are over: all ranks leave the group; rank 0 goes on alone
         if not dist.is_main:
             return None
     meta = {
@@ -189,7 +251,7 @@ def workers_and_threads(rc: RunConfig) -> tuple[int, int]:
     cpus = os.cpu_count() or 1
     n = len(rc.seeds)
     if is_ddp(rc.train):
-        return 1, rc.train.num_threads if rc.train.num_threads > 0 else max(1, cpus // rc.train.nproc)
+        return 1, threads_per_process(rc.train)
     if rc.train.seed_workers > 0:
         workers = min(rc.train.seed_workers, n)
     elif resolve_device(rc.train.device).type == "cuda":

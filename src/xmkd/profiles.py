@@ -11,6 +11,7 @@ Command line (run from the project root)::
     python -m xmkd.profiles show paper                # key: params.yaml value -> profile value
     python -m xmkd.profiles overrides paper           # the -S arguments, shell-quoted, on one line
     python -m xmkd.profiles run paper [-- --queue]    # dvc exp run -n paper -S ... [extra dvc args]
+    python -m xmkd.profiles run ucf51 paper           # several profiles, combined in order: -n ucf51-paper
 
 Before anything is printed or run, the profile is validated against params.yaml: every key must already exist
 there (a typo names the closest existing key), a mapping cannot replace a value or the reverse, and (for ``run``)
@@ -41,8 +42,9 @@ PROFILES_DIR = "profiles"
 
 # Hydra's grammar (hydra-core 1.3, OverrideLexer.g4): these unquoted words are not strings.
 _RESERVED = re.compile(r"(?i)^(null|true|false|[+-]?inf|nan)$")
-# A conservative subset of Hydra's unquoted string: letters, digits, _ - . / not starting like a number.
-_BARE = re.compile(r"^[A-Za-z_/][A-Za-z0-9_\-./]*$")
+# A conservative subset of Hydra's unquoted string: letters, digits, _ - . / not starting like a number
+# (relative paths ./x and ../x included).
+_BARE = re.compile(r"^(?:[A-Za-z_/]|\.\.?/)[A-Za-z0-9_\-./]*$")
 
 
 def profiles_dir(root: Path | None = None) -> Path:
@@ -251,8 +253,27 @@ def _strict_sections(merged: dict[str, Any], sections: set[str]) -> None:
         check()
 
 
-def check(name: str, root: Path | None = None, strict: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Load profile ``name`` and validate it against ``<root>/params.yaml``; returns (profile, merged params).
+def combine(profiles: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several profiles as one (nested merge; a key set by a later profile wins), e.g. ``ucf51`` + ``paper``."""
+    out: dict[str, Any] = {}
+
+    def put(base: dict[str, Any], over: dict[str, Any]) -> None:
+        for k, v in over.items():
+            if isinstance(v, dict) and isinstance(base.get(k), dict):
+                put(base[k], v)
+            else:
+                base[k] = copy.deepcopy(v)
+
+    for p in profiles:
+        put(out, p)
+    return out
+
+
+def check(
+    name: str | Sequence[str], root: Path | None = None, strict: bool = True
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load profile ``name`` (or several, combined in order, see :func:`combine`) and validate it against
+    ``<root>/params.yaml``; returns (profile, merged params).
 
     Args:
         strict: also parse the sections the profile touches with the stages' config classes (imports torch).
@@ -261,18 +282,26 @@ def check(name: str, root: Path | None = None, strict: bool = True) -> tuple[dic
         ConfigError: unknown profile or key, wrong shape, or (strict) a value the pipeline would reject.
     """
     root = root or repo_root()
-    profile = load_profile(name, root)
+    names = [name] if isinstance(name, str) else list(name)
     params = load_params(root / "params.yaml")
+    parts = [load_profile(n, root) for n in names]
+    for part in parts:
+        validate(params, part)  # each profile on its own, so an error names keys as its file has them
+    profile = combine(parts)
     merged = merge(params, profile)
     if strict:
         _strict_sections(merged, set(profile))
     return profile, merged
 
 
-def run_command(name: str, profile: dict[str, Any], exp_name: str | None = None, extra: Sequence[str] = ()) -> list[str]:
-    """The ``dvc exp run -n <exp_name or name> -S ... <extra>`` command line for a profile."""
+def run_command(
+    name: str | Sequence[str], profile: dict[str, Any], exp_name: str | None = None, extra: Sequence[str] = ()
+) -> list[str]:
+    """The ``dvc exp run -n <exp_name or the profile names joined by '-'> -S ... <extra>`` command line."""
+    names = [name] if isinstance(name, str) else list(name)
     dvc = Path(sys.executable).parent / "dvc"  # the project's dvc, also when .venv is not activated
-    cmd = [str(dvc) if dvc.exists() else "dvc", "exp", "run", "-n", exp_name or Path(name).stem]
+    default = "-".join(Path(n).stem for n in names)
+    cmd = [str(dvc) if dvc.exists() else "dvc", "exp", "run", "-n", exp_name or default]
     for o in to_overrides(profile):
         cmd += ["-S", o]
     return cmd + list(extra)
@@ -294,9 +323,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("run", "dvc exp run -n NAME -S ... [-- extra dvc exp run arguments, e.g. --queue]"),
     ):
         p = sub.add_parser(cmd, help=help_)
-        p.add_argument("name", help="profile name (profiles/<name>.yaml) or path to a YAML file")
+        p.add_argument(
+            "name", nargs="+", help="profile name (profiles/<name>.yaml) or path to a YAML file; several are "
+            "combined in order (a later one wins on a key both set), e.g. `ucf51 paper`"
+        )
         if cmd == "run":
-            p.add_argument("--exp-name", help="experiment name (default: the profile name)")
+            p.add_argument("--exp-name", help="experiment name (default: the profile names joined by '-')")
             p.add_argument("--dry-run", action="store_true", help="print the command, do not run it")
     args = ap.parse_args(argv)
     try:

@@ -49,8 +49,8 @@ class TrainConfig:
         milestones: epochs at which the learning rate is multiplied by ``gamma`` (MultiStepLR).
         gamma: learning-rate decay factor.
         device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``.
-        num_threads: CPU threads for torch (intra-op) per seed worker; 0 = auto (the cores shared out
-            between the seed workers).
+        num_threads: CPU threads for torch (intra-op) per seed worker (per process with DDP); 0 = auto (the
+            cores shared out between the seed workers, or between the ``nproc`` processes).
         seed_workers: processes training the seeds of one run at the same time; 0 = auto (all seeds
             at once on a CPU, capped at cores + 1; 1 on CUDA). See :mod:`xmkd.experiment`.
         num_workers: DataLoader worker processes (0 = load in the main process).
