@@ -12,7 +12,6 @@ condition, and the agreement with the MP4 path (``embed_teacher``) on each clip'
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from xmkd.cli import run_main
+from xmkd.data.sources import replace_dir
 from xmkd.config import load_params
 from xmkd.data.audio import logmel
 from xmkd.data.benchmark import config_from_params as benchmark_config, load_raw
@@ -85,9 +85,7 @@ def main() -> None:
             metrics["mp4_agreement/top1"] = float(agree.mean())
             metrics["mp4_agreement/cosine"] = float(cos.mean())
             (tmp / "ids.txt").write_text("".join(f"{i}\n" for i in cache_ids))
-            if OUT.exists():
-                shutil.rmtree(OUT)
-            os.replace(tmp, OUT)
+            replace_dir(tmp, OUT)  # the old outputs go only once the new ones are in place
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from xmkd.cli import run_main
+from xmkd.data.sources import replace_dir
 from xmkd.config import load_params, parse_section
 from xmkd.data.features import FeatureCache
 from xmkd.distill import load_checkpoint
@@ -49,9 +50,7 @@ def main() -> None:
             np.save(tmp / "embeddings.npy", out["features"].astype(np.float32))
             np.save(tmp / "logits.npy", out["logits"].astype(np.float32))
             (tmp / "ids.txt").write_text("".join(f"{i}\n" for i in cache.manifest["id"]))
-            if OUT.exists():
-                shutil.rmtree(OUT)
-            os.replace(tmp, OUT)
+            replace_dir(tmp, OUT)  # the old outputs go only once the new ones are in place
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
