@@ -43,7 +43,7 @@ def tiny_params(params: dict) -> dict:
     if isinstance(out.get("ablations"), dict) and out["ablations"]:
         out["ablations"] = dict(list(out["ablations"].items())[:1])
     if isinstance(out.get("robustness"), dict):
-        out["robustness"] = {**out["robustness"], "methods": ["none"], "rates": out["robustness"]["rates"][:1]}
+        out["robustness"] = {**out["robustness"], "methods": ["mnf_csc"], "rates": out["robustness"]["rates"][:1]}
     if isinstance(out.get("reverse"), dict):
         out["reverse"] = {**out["reverse"], "methods": ["none"]}
     return out

@@ -289,6 +289,10 @@ def test_ablation_tau0_robustness_reverse_tables(built: tuple[Path, dict[str, An
     rob = _section(md, "## Robustness")
     assert "| method | rate 0 | rate 0.3 | rate 0.6 |" in rob
     assert "| kd | 84.0 ± 1.0 [81.5, 86.5] | 79.0 ± 1.0 [76.5, 81.5] | 71.0 ± 1.0 [68.5, 73.5] |" in rob
+    # none uses no teacher: its main run fills every rate, and the first row of the table is it
+    none_row = "| none | " + " | ".join(["82.0 ± 2.0 [77.0, 87.0]"] * 3) + " |"
+    assert none_row in rob and rob.index(none_row) < rob.index("| kd |")
+    assert "none uses no teacher, so its student is the same at every rate" in rob
     assert "kd goes from 84.0 ± 1.0 [81.5, 86.5] % top-1 at irrelevant rate 0 to 71.0" in md and "(-13.0 pp" in md
     assert "fewer than two such baselines" in rob  # only crd is a non-trivial baseline in the fixture
     rev = _section(md, "## Reverse direction")
@@ -315,7 +319,7 @@ def test_csv_and_summary_outputs(built: tuple[Path, dict[str, Any]]) -> None:
     assert auroc.n == 2
     assert summary["main"]["none/top1"] == pytest.approx(0.82) and "fitnet/top1" not in summary["main"]
     assert summary["robustness"] == pytest.approx(
-        {"kd/0": 0.84, "kd/0.3": 0.79, "kd/0.6": 0.71, "mnf_csc/0": 0.87, "mnf_csc/0.3": 0.86, "mnf_csc/0.6": 0.84}
+        {"none/0": 0.82, "none/0.3": 0.82, "none/0.6": 0.82, "kd/0": 0.84, "kd/0.3": 0.79, "kd/0.6": 0.71, "mnf_csc/0": 0.87, "mnf_csc/0.3": 0.86, "mnf_csc/0.6": 0.84}
     )
     assert summary["reverse"] == pytest.approx({"none/top1": 0.62, "kd/top1": 0.66})
     assert summary["ablation"]["no_mnf/delta_top1"] == pytest.approx(-0.06)

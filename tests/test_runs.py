@@ -90,6 +90,7 @@ def test_no_mnf_ablation_has_no_filter_and_only_csc() -> None:
         ({"ablations": {"x": {"csc": {"wieght": 0.0}}}}, "wieght"),
         ({"robustness": {"methods": ["kd"], "rates": [1.5]}}, "robustness.rates"),
         ({"robustness": {"methods": ["nope"], "rates": [0.0]}}, "nope"),
+        ({"robustness": {"methods": ["none", "kd"], "rates": [0.0]}}, "Remove 'none' from robustness.methods"),
         ({"reverse": {"methods": ["kd"], "teacher_run": "crd"}}, "teacher_run"),
         ({"seeds": [0, 0]}, "twice"),
     ],

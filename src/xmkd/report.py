@@ -105,6 +105,8 @@ class ReportConfig:
         base_tau0: ``csc.temperature``, the τ0 of the main mnf_csc run.
         confidence: confidence level of every interval (0.95).
         resamples, bootstrap_seed: paired bootstrap over test clips (10,000 resamples, seed 0).
+        teacher_free: main methods that use no teacher (``none``): the robustness table shows their main run
+            at every irrelevant-sound rate (their student does not depend on the sound), not a run per rate.
     """
 
     seeds: tuple[int, ...]
@@ -113,6 +115,7 @@ class ReportConfig:
     confidence: float = stats.CONFIDENCE
     resamples: int = stats.BOOTSTRAP_RESAMPLES
     bootstrap_seed: int = stats.BOOTSTRAP_SEED
+    teacher_free: tuple[str, ...] = ("none",)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> ReportConfig:
@@ -132,7 +135,10 @@ class ReportConfig:
                 "the report needs numbers at params.yaml 'benchmark.irrelevant_rate' and 'csc.temperature' "
                 f"({e!r}); restore them from the repository's params.yaml."
             ) from e
-        return cls(tuple(s), rate, tau0)
+        from xmkd.methods import method_class  # imports torch: only here, not for the report's tests
+
+        free = tuple(m for m in params.get("methods") or [] if not method_class(m).uses_teacher)
+        return cls(tuple(s), rate, tau0, teacher_free=free)
 
 
 @dataclass(frozen=True)
@@ -452,8 +458,13 @@ def analyse(specs: Sequence[RunSpecLike], cfg: ReportConfig, layout: Layout) -> 
         rows = [(cfg.base_tau0, a.full_mnf)] + [(t, r) for r in a.ablations if (t := tau0_of(r.spec)) is not None]
         a.tau0_rows = sorted(rows, key=lambda x: x[0])
     # Robustness grid: robustness runs at their rates, the main runs at the benchmark's own rate.
-    a.robust_methods = list(dict.fromkeys(r.spec.method for r in a.robust))
+    # Teacher-free main methods (none): the same student at every rate, so their main run fills every column.
+    free = [m for m in cfg.teacher_free if a.robust and _by_method(a.main, m) is not None]
+    a.robust_methods = list(dict.fromkeys([*free, *(r.spec.method for r in a.robust)]))
     a.rates = sorted({r.rate for r in a.robust} | ({cfg.base_rate} if a.robust else set()))
+    for m in free:
+        for rate in a.rates:
+            a.robust_grid[(m, rate)] = _by_method(a.main, m)
     for m in a.robust_methods:
         base = _by_method(a.main, m)
         if base is not None:
@@ -808,7 +819,12 @@ def _robustness_section(a: Analysis) -> list[str]:
         return L + ["No robustness runs in params.yaml (`robustness`).", ""]
     L += [
         f"Columns: `benchmark.irrelevant_rate` (fraction of clips whose sound is irrelevant). The column at "
-        f"{a.cfg.base_rate:g} is the main table's run (the benchmark as built).",
+        f"{a.cfg.base_rate:g} is the main table's run (the benchmark as built)."
+        + "".join(
+            f" {m} uses no teacher, so its student is the same at every rate: its row is its main run."
+            for m in a.robust_methods
+            if m in a.cfg.teacher_free
+        ),
         "",
     ]
     rows = []
@@ -1029,7 +1045,8 @@ def plot_robustness(a: Analysis, path: Path) -> None:
             marker="o",
             capsize=4,
             color=c,
-            label=m,
+            ls="--" if m in a.cfg.teacher_free else "-",
+            label=f"{m} (no teacher: its main run)" if m in a.cfg.teacher_free else m,
         )
     ax.axvline(100 * a.cfg.base_rate, color="gray", ls=":", lw=1, label="benchmark as built (main table)")
     ax.set_xticks([100 * r for r in a.rates])

@@ -61,7 +61,9 @@ class RobustnessConfig:
     """``robustness`` section: top-1 of ``methods`` as the irrelevant-sound rate varies.
 
     Attributes:
-        methods: methods to train at every rate (issue: none, kd, the best two baselines, mnf_csc).
+        methods: methods to train at every rate (issue: kd, the best two baselines, mnf_csc). Only methods
+            that use the teacher: a teacher-free main method (``none``) gives the same student at every rate,
+            so the report takes its row from the main run at every rate.
         rates: irrelevant-sound rates in [0, 1] besides ``benchmark.irrelevant_rate`` (the main runs give
             that column).
     """
@@ -239,6 +241,12 @@ def run_specs(params: dict[str, Any]) -> list[RunSpec]:
     if rob.methods:
         method_names({"m": rob.methods}, "m", "robustness.methods")
         for m in rob.methods:
+            if not method_class(m).uses_teacher:
+                raise ConfigError(
+                    f"robustness.methods lists '{m}', which uses no teacher: its student is the same at every "
+                    f"irrelevant-sound rate, so the report takes its row from the main run ('{m}' in methods) at "
+                    f"every rate. Remove '{m}' from robustness.methods."
+                )
             for r in rob.rates:
                 specs.append(RunSpec(f"robust-{m}-{r}", "robustness", m, m, irrelevant_rate=r))
     rev = _section(params, ReverseConfig, "reverse")

@@ -17,6 +17,7 @@ stage then writes nothing, so earlier outputs stay intact.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import time
@@ -46,7 +47,9 @@ class TrainConfig:
         batch_size: clips per step.
         lr: Adam learning rate.
         weight_decay: Adam weight decay (L2, as ``torch.optim.Adam``).
-        milestones: epochs at which the learning rate is multiplied by ``gamma`` (MultiStepLR).
+        milestones: points in training, in epochs, at which the learning rate is multiplied by ``gamma``
+            (multistep decay). Applied per optimiser step, so a fraction is allowed: ``[1.5]`` decays half-way
+            through the second epoch; an integer ``m`` decays after epoch ``m`` (as ``MultiStepLR``).
         gamma: learning-rate decay factor.
         device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``.
         num_threads: CPU threads for torch (intra-op) per seed worker (per process with DDP); 0 = auto (the
@@ -70,7 +73,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 5e-4
-    milestones: list[int] | None = None
+    milestones: list[float] | None = None
     gamma: float = 0.1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = 0
@@ -89,6 +92,12 @@ class TrainConfig:
             raise ValueError("train.num_threads and train.seed_workers must be >= 0 (0 = auto)")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        bad = [m for m in self.milestones or [] if not 0 < m < self.epochs]
+        if bad:
+            raise ValueError(
+                f"train.milestones {bad} must lie strictly between 0 and train.epochs = {self.epochs} (they are "
+                "points in training, in epochs); drop them or change train.epochs."
+            )
         self._check_distributed()
 
     def _check_distributed(self) -> None:
@@ -229,6 +238,21 @@ def predict(
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Multistep decay applied per optimiser step: the factor on ``train.lr`` before step ``k`` (0-based).
+
+    The factor is ``gamma ** n``, ``n`` = the milestones ``m`` (in epochs) with ``k >= round(m * steps_per_epoch)``.
+    For integer milestones this is exactly ``MultiStepLR`` stepped once per epoch; fractional milestones decay
+    inside an epoch.
+
+    Args:
+        cfg: the ``train`` section (``milestones``, ``gamma``).
+        steps_per_epoch: optimiser steps per epoch (``len(train_loader)``), >= 1.
+    """
+    bounds = sorted(round(m * steps_per_epoch) for m in cfg.milestones or [])
+    return lambda k: cfg.gamma ** bisect.bisect_right(bounds, k)
+
+
 def train(
     student: nn.Module,
     method: DistillMethod,
@@ -267,7 +291,8 @@ def train(
     params = [*student.parameters(), *method.parameters()]
     head_params = [p for p in method.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones or []), gamma=cfg.gamma)
+    steps_per_epoch = len(train_loader)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=lr_factor(cfg, steps_per_epoch))
     history: list[dict[str, float]] = []
     for epoch in range(1, cfg.epochs + 1):
         student.train()
@@ -301,19 +326,20 @@ def train(
             sum(student_terms.values()).backward()  # DDP all-reduces the student's gradients here
             if dist is not None:
                 average_grads_(head_params)  # heads: not under DDP (two backward passes), averaged explicitly
+            epoch_lr = opt.param_groups[0]["lr"]  # the rate this step used
             opt.step()
+            sched.step()
             if dist is not None:
                 average_floating_buffers_(student)  # BN running statistics, equal on every rank
                 method.sync_buffers()
             n_seen += len(y)
             n_correct += int((s.logits.argmax(1) == y).sum())
-        sched.step()
         if dist is not None:
             sums, n_seen, n_correct = reduce_epoch_sums(sums, n_seen, n_correct, device)
         metrics = {k: v / n_seen for k, v in sums.items()}
         metrics["loss/total"] = sum(v for k, v in metrics.items() if k.startswith("loss/"))
         metrics["train_top1"] = n_correct / n_seen
-        metrics["lr"] = opt.param_groups[0]["lr"]
+        metrics["lr"] = epoch_lr  # the rate of the epoch's last step
         metrics["seconds"] = time.perf_counter() - t0
         if val_loader is not None:
             val_top1 = None

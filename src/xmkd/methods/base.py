@@ -73,10 +73,14 @@ class DistillMethod(nn.Module):
         name: registry name (set by :func:`register`).
         sections: params.yaml sections the method reads, mapped to their config dataclasses.
         ce_weight: weight of the student's cross-entropy ``CE(p_v, y)``, which the training loop adds.
+        uses_teacher: False for a method that never reads the teacher's outputs (``none``): its student
+            does not depend on the teacher or on which sound a clip carries, so the robustness runs take its
+            row from the main run instead of training it again at every irrelevant-sound rate.
     """
 
     name: ClassVar[str] = ""
     sections: ClassVar[dict[str, type]] = {}
+    uses_teacher: ClassVar[bool] = True
 
     def __init__(self, dims: Dims, cfg: dict[str, Any]) -> None:
         super().__init__()

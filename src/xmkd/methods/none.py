@@ -10,3 +10,4 @@ class NoDistillation(DistillMethod):
     """Baseline without distillation: loss = ``CE(p_v, y)`` (added by the training loop)."""
 
     sections: dict[str, type] = {}
+    uses_teacher = False
