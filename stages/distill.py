@@ -16,13 +16,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from xmkd.workers import SEED_WORKER_MODULES, start_forkserver
 
-from xmkd.cli import run_main
-from xmkd.data.features import FeatureCache
-from xmkd.experiment import FEATURES, clip_conditions, run_all
-from xmkd.runs import load_run_config
-from xmkd.tracking import stage_run
+if __name__ == "__main__":
+    # The seed workers' fork server imports torch & co. on the other core while this process imports them
+    # below (see xmkd.workers). Not in the workers, which import this script as __mp_main__.
+    start_forkserver(SEED_WORKER_MODULES)
+
+import numpy as np  # noqa: E402
+
+from xmkd.cli import run_main  # noqa: E402
+from xmkd.data.features import FeatureCache  # noqa: E402
+from xmkd.experiment import FEATURES, clip_conditions, run_all  # noqa: E402
+from xmkd.runs import load_run_config  # noqa: E402
+from xmkd.tracking import stage_run  # noqa: E402
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -1,4 +1,5 @@
-"""Distributed data-parallel training (``train.nproc: 2``, gloo on the CPU) against the single-process run.
+"""Parallel training against the single-process run: distributed data-parallel (``train.nproc: 2``, gloo on
+the CPU), and seeds in parallel worker processes (``train.seed_workers``).
 
 A tiny but real setting, built in a temporary folder (the layout the stages read: ``data/features``,
 ``data/teacher``, ``data/configs``): 4 classes, 384 training clips of 8x32x32 frames whose class is the
@@ -82,10 +83,10 @@ def _make_data(root: Path) -> None:
     (teacher / "ids.txt").write_text("\n".join(ids) + "\n")
 
 
-def _write_config(root: Path, method: str, name: str, **train: Any) -> Path:
+def _write_config(root: Path, method: str, name: str, seeds: tuple[int, ...] = (0,), **train: Any) -> Path:
     """A resolved run config (as ``resolve_configs`` writes it) with TRAIN overridden by ``train``."""
     rc = RunConfig(method, method_config(method, {"mnf": {}, "csc": {}}), TrainConfig(**{**TRAIN, **train}),
-                   StudentConfig(width=4), seeds=(0,), name=name, kind="main", label=method)
+                   StudentConfig(width=4), seeds=seeds, name=name, kind="main", label=method)
     path = root / "data" / "configs" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rc.to_json(), indent=1, sort_keys=True))
@@ -268,6 +269,35 @@ def test_ddp_equals_single_process_when_nothing_couples_the_batch(tmp_path: Path
     _in_batch_loss(x @ w, x @ w).backward()
     for r in (0, 1):
         torch.testing.assert_close(ranks[r]["in_batch_grad"], w.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_seed_workers_give_the_results_of_one_process(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seeds trained at the same time in worker processes forked from the fork server (xmkd.workers) end
+    bit-identical to the same seeds trained one after another in this process (1 thread each)."""
+    monkeypatch.chdir(workdir)
+    threads = torch.get_num_threads()
+    results = {}
+    try:
+        for workers in (1, 2):
+            config = _write_config(workdir, "mnf_csc", f"workers-{workers}", seeds=(0, 1), epochs=1,
+                                   seed_workers=workers)
+            results[workers] = run_all(load_run_config(config), config)
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(results[1], results[2], strict=True):
+        assert one["seed"] == two["seed"]
+        untimed = [[{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]] for r in (one, two)]
+        assert untimed[0] == untimed[1]
+        assert one["metrics"] == two["metrics"]
+        np.testing.assert_array_equal(one["pred"], two["pred"])
+        digests = []
+        for workers in (1, 2):
+            ckpt = torch.load(workdir / checkpoint_path(f"workers-{workers}", one["seed"]), map_location="cpu",
+                              weights_only=True)
+            digests.append(state_digest(ckpt["student"], ckpt["method"]))
+        assert digests[0] == digests[1]
+    assert results[1][0]["metrics"] != results[1][1]["metrics"]  # the two seeds are different runs
 
 
 # ------------------------------------------------------------------------------------- error handling
