@@ -169,3 +169,39 @@ def test_cli_run_with_two_profiles_names_the_experiment_after_both(
     assert main(["run", "a", "b", "--dry-run"]) == 0
     cmd = capsys.readouterr().out
     assert " exp run -n a-b -S train.epochs=2 -S train.lr=0.2" in cmd
+
+
+def test_a_profile_removes_keys_and_dvc_applies_the_removal(tmp_path: Path, params: dict) -> None:
+    """`remove: [dotted keys]` deletes them (`-S ~key`): merge() and DVC's own -S code agree; a removed key that
+    does not exist, or one the profile also sets, is an error naming it."""
+    from dvc.utils.hydra import apply_overrides
+
+    profile = {"remove": ["ablations.no_csc", "ablations.fixed_tau"], "train": {"epochs": 3}}
+    assert to_overrides(profile)[:2] == ["~ablations.no_csc", "~ablations.fixed_tau"]
+    merged = merge(params, profile)
+    assert set(merged["ablations"]) == set(params["ablations"]) - {"no_csc", "fixed_tau"}
+    assert merged["train"]["epochs"] == 3 and "no_csc" in params["ablations"]  # params itself untouched
+    p = tmp_path / "params.yaml"
+    shutil.copy2(ROOT / "params.yaml", p)
+    apply_overrides(p, to_overrides(profile))
+    assert yaml.safe_load(p.read_text()) == merged
+    with pytest.raises(ConfigError, match=r"removes 'ablations\.no_csv'.*did you mean 'ablations\.no_csc'"):
+        merge(params, {"remove": ["ablations.no_csv"]})
+    with pytest.raises(ConfigError, match=r"both removes and sets 'train\.epochs'"):
+        merge(params, {"remove": ["train.epochs"], "train": {"epochs": 3}})
+    with pytest.raises(ConfigError, match=r"removes 'ablations\.tau0_0\.1': DVC's -S \(Hydra\) cannot address it"):
+        merge(params, {"remove": ["ablations.tau0_0.1"]})  # Hydra would read tau0_0 . 1
+    with pytest.raises(ConfigError, match="must be a list of dotted params.yaml keys"):
+        merge(params, {"remove": "ablations.no_csc"})
+    assert combine([{"remove": ["a.b"]}, {"remove": ["c"], "x": 1}]) == {"x": 1, "remove": ["a.b", "c"]}
+
+
+def test_quick_profile_is_a_valid_smaller_comparison(params: dict) -> None:
+    """The quick profile validates strictly and keeps every kind of run (main, ablations incl. a tau0 point,
+    robustness at a rate other than the main table's, reverse), fewer of them."""
+    profile, merged = check("quick", root=ROOT, strict=True)
+    assert {"none", "kd", "mnf_csc"} <= set(merged["methods"]) and len(merged["methods"]) < len(params["methods"])
+    assert 0 < len(merged["ablations"]) < len(params["ablations"])
+    assert any(name.startswith("tau0_") for name in merged["ablations"])
+    assert set(merged["robustness"]["rates"]) - {merged["benchmark"]["irrelevant_rate"]}
+    assert merged["robustness"]["methods"] and merged["reverse"]["methods"]

@@ -13,6 +13,9 @@ Command line (run from the project root)::
     python -m xmkd.profiles run paper [-- --queue]    # dvc exp run -n paper -S ... [extra dvc args]
     python -m xmkd.profiles run ucf51 paper           # several profiles, combined in order: -n ucf51-paper
 
+A profile can also *remove* keys, e.g. entries of a mapping such as ``ablations``, with a top-level list
+``remove: [ablations.no_csc, ...]`` (dotted keys, each applied as ``-S '~key'``, Hydra's delete).
+
 Before anything is printed or run, the profile is validated against params.yaml: every key must already exist
 there (a typo names the closest existing key), a mapping cannot replace a value or the reverse, and (for ``run``)
 the sections the profile touches are parsed strictly with the pipeline's own config classes, so a wrong type
@@ -39,6 +42,9 @@ from xmkd.config import flatten, load_params, repo_root
 from xmkd.errors import ConfigError, XmkdError
 
 PROFILES_DIR = "profiles"
+REMOVE = "remove"  # a profile's top-level list of dotted params keys it deletes (not a params.yaml key)
+# One component of a key in Hydra's override grammar (hydra-core 1.3, OverrideLexer.g4: ID).
+_HYDRA_ID = re.compile(r"^[A-Za-z_$][A-Za-z0-9_\-$]*$")
 
 # Hydra's grammar (hydra-core 1.3, OverrideLexer.g4): these unquoted words are not strings.
 _RESERVED = re.compile(r"(?i)^(null|true|false|[+-]?inf|nan)$")
@@ -109,14 +115,51 @@ def _all_keys(d: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
+def removals(profile: dict[str, Any]) -> list[str]:
+    """The dotted keys the profile deletes (its top-level ``remove`` list; empty when it has none).
+
+    Raises:
+        ConfigError: ``remove`` is not a list of dotted-key strings.
+    """
+    keys = profile.get(REMOVE, [])
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise ConfigError(
+            f"profile '{REMOVE}' must be a list of dotted params.yaml keys, e.g. [ablations.no_csc]; got {keys!r}."
+        )
+    return keys
+
+
+def _settings(profile: dict[str, Any]) -> dict[str, Any]:
+    """The profile without its ``remove`` list: the keys it sets."""
+    return {k: v for k, v in profile.items() if k != REMOVE}
+
+
 def validate(params: dict[str, Any], profile: dict[str, Any]) -> None:
-    """Check that every key of ``profile`` exists in ``params`` with the same shape (mapping vs value).
+    """Check that every key of ``profile`` exists in ``params`` with the same shape (mapping vs value), and that
+    every key it removes exists and is not also set by it.
 
     Raises:
         ConfigError: an unknown key (the closest existing dotted key is named), or a mapping where params.yaml
-            has a value (or the reverse).
+            has a value (or the reverse), or a key both removed and set.
     """
     known = _all_keys(params)
+    set_keys = _all_keys(_settings(profile))
+    for key in removals(profile):
+        bad = [part for part in key.split(".") if not _HYDRA_ID.match(part)]
+        if bad:
+            raise ConfigError(
+                f"profile removes '{key}': DVC's -S (Hydra) cannot address it ({bad[0]!r} is not a Hydra key; a name "
+                "with a '.' in it, such as tau0_0.03, reads as two keys). Remove only such keys, or a whole section."
+            )
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(
+                f"profile removes '{key}', which is not in params.yaml{hint}. Fix the key in the profile's "
+                f"'{REMOVE}' list."
+            )
+        if any(k == key or k.startswith(key + ".") for k in set_keys):
+            raise ConfigError(f"profile both removes and sets '{key}': keep one of the two.")
 
     def walk(base: dict[str, Any], over: dict[str, Any], prefix: str) -> None:
         for k, v in over.items():
@@ -137,7 +180,7 @@ def validate(params: dict[str, Any], profile: dict[str, Any]) -> None:
             if isinstance(v, dict):
                 walk(base[k], v, key + ".")
 
-    walk(params, profile, "")
+    walk(params, _settings(profile), "")
 
 
 def merge(params: dict[str, Any], profile: dict[str, Any]) -> dict[str, Any]:
@@ -156,7 +199,13 @@ def merge(params: dict[str, Any], profile: dict[str, Any]) -> dict[str, Any]:
             else:
                 base[k] = copy.deepcopy(v)
 
-    put(out, profile)
+    for key in removals(profile):
+        *parents, last = key.split(".")
+        base = out
+        for k in parents:
+            base = base[k]
+        del base[last]
+    put(out, _settings(profile))
     return out
 
 
@@ -200,18 +249,31 @@ def format_value(value: Any) -> str:
 
 
 def to_overrides(profile: dict[str, Any]) -> list[str]:
-    """``key=value`` overrides for ``dvc exp run -S`` (one per leaf, dotted keys, Hydra values), in file order.
+    """Overrides for ``dvc exp run -S``: ``~key`` for each removed key, then ``key=value`` per leaf it sets
+    (dotted keys, Hydra values), in file order.
 
-    Example: ``{"train": {"lr": 0.0003, "milestones": [150]}}`` -> ``["train.lr=0.0003", "train.milestones=[150]"]``.
+    Example: ``{"train": {"lr": 0.0003, "milestones": [150]}}`` -> ``["train.lr=0.0003", "train.milestones=[150]"]``;
+    ``{"remove": ["ablations.no_csc"]}`` -> ``["~ablations.no_csc"]``.
     """
-    return [f"{k}={format_value(v)}" for k, v in flatten(profile).items()]
+    return [f"~{k}" for k in removals(profile)] + [
+        f"{k}={format_value(v)}" for k, v in flatten(_settings(profile)).items()
+    ]
+
+
+#: what :func:`diff` gives as the new value of a removed key
+REMOVED = "<removed>"
 
 
 def diff(params: dict[str, Any], profile: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(dotted key, params.yaml value, profile value) for every key of the profile (validated first)."""
+    """(dotted key, params.yaml value, profile value) for every key of the profile (validated first); a removed
+    key's new value is :data:`REMOVED`."""
     merged = merge(params, profile)
     old, new = flatten(params), flatten(merged)
-    return [(k, old.get(k), new[k]) for k in flatten(profile)]
+    rows: list[tuple[str, Any, Any]] = []
+    for key in removals(profile):
+        inside = {k: v for k, v in old.items() if k == key or k.startswith(key + ".")}
+        rows += [(k, v, REMOVED) for k, v in inside.items()]
+    return rows + [(k, old.get(k), new[k]) for k in flatten(_settings(profile))]
 
 
 def _strict_sections(merged: dict[str, Any], sections: set[str]) -> None:
@@ -254,8 +316,10 @@ def _strict_sections(merged: dict[str, Any], sections: set[str]) -> None:
 
 
 def combine(profiles: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Several profiles as one (nested merge; a key set by a later profile wins), e.g. ``ucf51`` + ``paper``."""
+    """Several profiles as one (nested merge; a key set by a later profile wins; the ``remove`` lists are joined),
+    e.g. ``ucf51`` + ``paper``."""
     out: dict[str, Any] = {}
+    removed = [k for p in profiles for k in removals(p)]
 
     def put(base: dict[str, Any], over: dict[str, Any]) -> None:
         for k, v in over.items():
@@ -265,7 +329,9 @@ def combine(profiles: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 base[k] = copy.deepcopy(v)
 
     for p in profiles:
-        put(out, p)
+        put(out, _settings(p))
+    if removed:
+        out[REMOVE] = list(dict.fromkeys(removed))
     return out
 
 
@@ -290,7 +356,7 @@ def check(
     profile = combine(parts)
     merged = merge(params, profile)
     if strict:
-        _strict_sections(merged, set(profile))
+        _strict_sections(merged, set(_settings(profile)) | {k.split('.')[0] for k in removals(profile)})
     return profile, merged
 
 
@@ -342,7 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             width = max(len(k) for k, _, _ in rows)
             for k, old, new in rows:
                 mark = "  (unchanged)" if old == new else ""
-                print(f"{k:<{width}}  {format_value(old)} -> {format_value(new)}{mark}")
+                shown = new if new is REMOVED else format_value(new)
+                print(f"{k:<{width}}  {format_value(old)} -> {shown}{mark}")
             return 0
         if args.cmd == "overrides":
             profile, _ = check(args.name, strict=False)
