@@ -25,7 +25,6 @@ Each id is looked up as ``<video_dir>/<label>/<id>.<ext>`` (UCF101 layout; the b
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import shutil
 import time
@@ -45,6 +44,7 @@ from numpy.lib.format import open_memmap
 from xmkd.data.audio import LogMelConfig, logmel
 from xmkd.data.video import MISSING, REASONS, VIDEO_EXTENSIONS, VideoDecodeError, decode_clip
 from xmkd.errors import ConfigError, DataError
+from xmkd.workers import forkserver_context
 
 #: Subsets sort in this order (others after them, alphabetically); ids sort as strings within a subset.
 SUBSET_ORDER: tuple[str, ...] = ("training", "train", "validation", "val", "valid", "testing", "test")
@@ -358,8 +358,7 @@ def ordered_map(
                 yield fn(item)
         return
     window = window or 4 * workers
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])  # the fork server imports torch/av once; workers fork from it
+    ctx = forkserver_context([__name__])  # the fork server imports torch/av once; workers fork from it
     executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
     pending: deque[Future[R]] = deque()
     it = iter(items)
