@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from xmkd.data import benchmark as bm
+from xmkd.data import codec
 from xmkd.data.sources import FSDD_DIR, MIRROR_ENV
 from xmkd.errors import ConfigError
 
@@ -55,7 +56,7 @@ def _digest(folder: Path) -> dict[str, str]:
     }
 
 
-def test_videos_are_real_mp4_with_h264_and_aac(built: tuple[Path, bm.BenchmarkResult], provenance) -> None:  # noqa: ANN001
+def test_videos_are_real_mp4_with_h264_and_flac(built: tuple[Path, bm.BenchmarkResult], provenance) -> None:  # noqa: ANN001
     import av
 
     out, _ = built
@@ -64,7 +65,7 @@ def test_videos_are_real_mp4_with_h264_and_aac(built: tuple[Path, bm.BenchmarkRe
         with av.open(str(out / rel)) as c:
             assert c.format.name.startswith("mov,mp4")
             assert [s.codec_context.name for s in c.streams.video] == ["h264"]
-            assert [s.codec_context.name for s in c.streams.audio] == ["aac"]
+            assert [s.codec_context.name for s in c.streams.audio] == ["flac"]
             v, a = c.streams.video[0], c.streams.audio[0]
             assert (v.width, v.height, v.average_rate) == (32, 32, 8)
             assert (a.rate, a.layout.name) == (8000, "mono")
@@ -76,8 +77,8 @@ def test_videos_are_real_mp4_with_h264_and_aac(built: tuple[Path, bm.BenchmarkRe
         assert len(frames) == SMALL.frames and frames[0].shape == (32, 32, 3)
         assert np.abs(frames[0][..., 0].astype(int) - frames[0][..., 2]).max() <= 2  # gray
         assert max(f.max() for f in frames) > 100  # a visible digit
-        assert sound.shape[0] == 1 and SMALL.n_samples <= sound.shape[1] <= SMALL.n_samples + 1024
-        assert 0.02 < np.sqrt(np.mean(sound[0, : SMALL.n_samples] ** 2)) < 0.1  # ~TARGET_RMS after AAC
+        assert sound.shape == (1, SMALL.n_samples) and sound.dtype == np.int16
+        assert 0.04 < np.sqrt(np.mean((sound[0] / 32768.0) ** 2)) < 0.06  # TARGET_RMS, losslessly
 
 
 def test_decoded_content_matches_the_rendered_clip(built: tuple[Path, bm.BenchmarkResult], raw: bm.RawData) -> None:
@@ -92,9 +93,9 @@ def test_decoded_content_matches_the_rendered_clip(built: tuple[Path, bm.Benchma
         with av.open(str(out / p.path)) as c:
             decoded = np.stack([f.to_ndarray(format="gray") for f in c.decode(video=0)])
         with av.open(str(out / p.path)) as c:
-            sound = np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)[0, : SMALL.n_samples]
+            sound = np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)
         assert np.abs(decoded.astype(float) - frames).mean() < 3.0  # crf 18: near-lossless
-        assert np.corrcoef(sound, audio)[0, 1] > 0.95
+        np.testing.assert_array_equal(sound, codec.pcm16(audio))  # FLAC: the rendered samples, to the bit
 
 
 def test_annotation_format(built: tuple[Path, bm.BenchmarkResult]) -> None:
@@ -188,12 +189,81 @@ def test_full_size_condition_counts_balanced_over_digits() -> None:
         assert np.ptp(counts[:, 0]) <= 1 and np.ptp(counts[:, 1]) <= 2 and np.ptp(counts[:, 2]) <= 2
 
 
-def test_build_is_deterministic_and_independent_of_worker_count(
-    built: tuple[Path, bm.BenchmarkResult], raw: bm.RawData, tmp_path: Path
+def _build_in_subprocess(out: Path, *args: str, **env: str) -> None:
+    import subprocess
+    import sys
+
+    run_env = {**os.environ, "XMKD_DATA_MIRROR": str(MIRROR), **env}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "build_small_benchmark.py"), str(out), *args],
+        env=run_env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _differences(got: dict[str, str], want: dict[str, str]) -> list[str]:
+    return sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+
+
+def _recipe_without(folder: Path, *keys: str) -> dict:
+    recipe = json.loads((folder / "recipe.json").read_text())
+    for k in keys:
+        recipe["encoding"].pop(k)
+    return recipe
+
+
+def test_build_is_byte_identical_in_one_process_and_in_workers(
+    built: tuple[Path, bm.BenchmarkResult], tmp_path: Path
 ) -> None:
+    """In-process encoding, one BLAS/OpenMP/torch thread, a fresh process, vs the fixture's 2 encoder
+    workers in this process (2 threads): every byte of every file."""
     again = tmp_path / "benchmark"
-    bm.build_benchmark(SMALL, raw, again, workers=0)  # in-process encoding
-    assert _digest(again) == _digest(built[0])  # every byte: videos, annotation, provenance, recipe
+    _build_in_subprocess(again, "--workers", "0", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    diff = _differences(_digest(again), _digest(built[0]))
+    assert not diff, f"{len(diff)} files differ between in-process and 2-worker encoding: {diff[:10]}"
+
+
+def test_build_is_byte_identical_with_baseline_x86_64_kernels(
+    built: tuple[Path, bm.BenchmarkResult], tmp_path: Path
+) -> None:
+    """What another x86-64 CPU would compute: OpenBLAS's Prescott kernels, ATen without AVX, FFmpeg with no
+    SIMD at all and x264 without assembly give the same videos, annotation and provenance."""
+    again = tmp_path / "benchmark"
+    _build_in_subprocess(again, "--baseline-cpu", OPENBLAS_CORETYPE="Prescott", ATEN_CPU_CAPABILITY="default")
+    got, want = _digest(again), _digest(built[0])
+    diff = [k for k in _differences(got, want) if k != "recipe.json"]
+    assert not diff, f"{len(diff)} files differ when built with baseline x86-64 kernels: {diff[:10]}"
+    # the recipe differs only in recording x264's no-asm
+    assert _recipe_without(again, "x264_params") == _recipe_without(built[0], "x264_params")
+
+
+COMMITTED_DIGEST = REPO / "tests" / "data" / "small_benchmark_sha256.json"
+UPDATE_ENV = "XMKD_UPDATE_DIGEST"
+
+
+def test_small_build_matches_the_committed_digest(built: tuple[Path, bm.BenchmarkResult]) -> None:
+    """The small build's SHA-256 per file against the committed value, made on another machine.
+
+    Regenerate (after a deliberate change of the recipe or the PyAV pin):
+    ``XMKD_UPDATE_DIGEST=1 python -m pytest tests/test_benchmark.py -k committed``."""
+    got = _digest(built[0])
+    encoding = json.loads((built[0] / "recipe.json").read_text())["encoding"]
+    if os.environ.get(UPDATE_ENV):
+        COMMITTED_DIGEST.write_text(json.dumps({"encoding": encoding, "sha256": got}, indent=1, sort_keys=True) + "\n")
+    committed = json.loads(COMMITTED_DIGEST.read_text())
+    diff = _differences(got, committed["sha256"])
+    if diff:
+        kinds = sorted({Path(k).suffix or k for k in diff})
+        hint = (
+            f"this machine's FFmpeg build {encoding} differs from the committed one {committed['encoding']}"
+            if encoding != committed["encoding"]
+            else "same PyAV/FFmpeg build, so the rendering (PCA, resize, rounding) or the recipe changed"
+        )
+        pytest.fail(
+            f"the small benchmark differs from {COMMITTED_DIGEST.relative_to(REPO)} in {len(diff)} files "
+            f"({', '.join(kinds)}; first: {diff[:5]}): {hint}. If the change is deliberate, regenerate with "
+            f"{UPDATE_ENV}=1 python -m pytest tests/test_benchmark.py -k committed, and say so in the commit."
+        )
 
 
 def test_clip_content_does_not_depend_on_n(provenance, raw: bm.RawData, tmp_path: Path) -> None:  # noqa: ANN001
@@ -242,8 +312,24 @@ def test_config_is_strict() -> None:
         bm.config_from_params({"benchmark": {"n_train": 45}})
     with pytest.raises(ConfigError, match="speed"):
         bm.config_from_params({"benchmark": {"speed": [3.0, 1.0]}})
+    with pytest.raises(ConfigError, match="audio_codec"):
+        bm.config_from_params({"benchmark": {"audio_codec": "mp3"}})
     cfg = bm.config_from_params({"benchmark": {"speed": [1, 2], "n_test": 30}})
     assert cfg.speed == (1.0, 2.0) and cfg.n_test == 30 and cfg.n_samples == 8000
+
+
+def test_aac_sound_is_an_option(raw: bm.RawData, tmp_path: Path) -> None:
+    import av
+
+    plans = bm.plan_split(SMALL, "train", raw)
+    p = plans[0]
+    digits, _ = bm.prepare_digits(SMALL, raw, plans)
+    path = tmp_path / "clip.mp4"
+    frames = bm.render_video(p, digits[(p.mnist_origin, p.mnist_index)], SMALL)
+    bm.encode_clip(path, frames, bm.render_audio(p, raw, SMALL.n_samples), 8, 8000, 18, audio_codec="aac")
+    with av.open(str(path)) as c:
+        assert [s.codec_context.name for s in c.streams.audio] == ["aac"]
+        assert abs(c.streams.audio[0].bit_rate - bm.AAC_BIT_RATE) < 8000
 
 
 def test_too_many_clips_for_distinct_images(raw: bm.RawData) -> None:
@@ -251,20 +337,32 @@ def test_too_many_clips_for_distinct_images(raw: bm.RawData) -> None:
         bm.plan_split(replace(SMALL, n_train=4600, n_val=500), "train", raw)
 
 
-def test_condition_variants_reproduce_the_built_benchmark(provenance, raw: bm.RawData) -> None:  # noqa: ANN001
+def test_condition_variants_reproduce_the_built_benchmark(
+    provenance, raw: bm.RawData, built: tuple[Path, bm.BenchmarkResult]  # noqa: ANN001
+) -> None:
     """The robustness study's per-clip sound selection (xmkd.data.conditions) is the builder's own: same
-    condition per clip, same sound track for the as-built condition, and the same video whatever the rate."""
+    condition per clip, the very samples the MP4 decodes to for the as-built condition, and the same
+    video whatever the rate."""
+    import av
+
     from xmkd.data.conditions import assign_conditions, render_variants
 
     prov = provenance.set_index("id")
     cond = assign_conditions(SMALL, SMALL.irrelevant_rate)
     assert all(cond[i] == prov.loc[i, "audio_condition"] for i in prov.index)
     ids, waves = render_variants(SMALL, raw)
-    built = {p.id: p for split in bm.SPLITS for p in bm.plan_split(SMALL, split, raw)}
+    plans = {p.id: p for split in bm.SPLITS for p in bm.plan_split(SMALL, split, raw)}
     for k, i in enumerate(ids):
-        np.testing.assert_array_equal(waves[cond[i]][k], bm.render_audio(built[i], raw, SMALL.n_samples))
+        rendered = bm.render_audio(plans[i], raw, SMALL.n_samples)
+        np.testing.assert_array_equal(waves[cond[i]][k], codec.pcm16(rendered)[0] / np.float32(32768))
+        if k < 5:
+            with av.open(str(built[0] / plans[i].path)) as c:
+                rs = av.AudioResampler(format="flt", layout="mono", rate=SMALL.sample_rate)  # as extraction reads it
+                got = np.concatenate([o.to_ndarray() for f in c.decode(audio=0) for o in rs.resample(f)], axis=1)
+            np.testing.assert_array_equal(waves[cond[i]][k], got[0])
+    built_plans = plans
     other = {p.id: p for split in bm.SPLITS for p in bm.plan_split(replace(SMALL, irrelevant_rate=0.8), split, raw)}
-    for i, p in built.items():
+    for i, p in built_plans.items():
         q = other[i]
         assert (q.label, q.mnist_index, q.start_x, q.start_y, q.velocity_x, q.velocity_y) == (
             p.label, p.mnist_index, p.start_x, p.start_y, p.velocity_x, p.velocity_y)

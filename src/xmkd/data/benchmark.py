@@ -35,7 +35,8 @@ Recipe details (the exact algorithm; recorded in ``recipe.json``):
   share (ties broken by seeded draws), so every digit gets the same share to within a clip.
 * Video: PCA (scikit-learn, ``svd_solver="full"``) fitted on the training split's digits (28x28,
   0-255), every digit reconstructed from ``pca_keep`` components (0 = no PCA) and clipped to
-  [0, 255], resized to ``digit_size`` (antialiased bilinear, torchvision), then moved: start
+  [0, 255], resized to ``digit_size`` (antialiased bilinear, torchvision, float64), snapped to a
+  1/1024 grey-level grid (so that no CPU's last-bit differences change a pixel), then moved: start
   position uniform in ``[0, size - digit_size]^2``, direction uniform in [0, 2 pi), speed uniform in
   ``speed`` px/frame, reflected at the walls (positions rounded to whole px); composited on black
   (max), plus optional Gaussian pixel noise (std ``pixel_noise``), uint8 gray replicated to RGB.
@@ -46,9 +47,10 @@ Recipe details (the exact algorithm; recorded in ``recipe.json``):
   clip's loudest window). It is scaled so that speech power (over the speech's own samples) /
   background power = ``snr_db`` (uniform in the range). The mixture (or the background alone) is
   normalised to RMS ``TARGET_RMS`` and clipped to [-1, 1].
-* Encoding: PyAV, libx264 (yuv420p, crf ``video_crf``, ``fps``, one thread per encoder) and
-  ffmpeg's native AAC encoder (mono, ``AAC_BIT_RATE``), in a pool of worker processes; each file
-  depends only on its clip, not on the worker count.
+* Encoding: PyAV, libx264 (yuv420p, crf ``video_crf``, ``fps``, one thread, ``cpu-independent=1``,
+  frames converted to YUV bit-exactly) and FLAC (lossless 16-bit mono; ``audio_codec: aac`` for
+  ffmpeg's AAC at ``AAC_BIT_RATE``), in a pool of worker processes; each file depends only on its
+  clip, not on the worker count, the process or the x86-64 CPU (:mod:`xmkd.data.codec`).
 
 Outputs: ``videos/<label>/<id>.mp4``, ``annotation.json`` (the reference implementation's format),
 ``provenance.parquet`` (one row per clip, see :data:`PROVENANCE_SCHEMA`), ``recipe.json``.
@@ -74,6 +76,7 @@ from typing import Any
 import numpy as np
 
 from xmkd.config import parse_section
+from xmkd.data import codec
 from xmkd.data import sources as src
 from xmkd.data.mnist import read_idx_digits, read_mnist_csv
 from xmkd.errors import ConfigError, DataError
@@ -82,6 +85,7 @@ TARGET_RMS = 0.05  #: RMS of every clip's sound track (full scale = 1)
 BACKGROUND_RMS_FLOOR = 1e-3  #: RMS below which a background segment counts as silent (-60 dBFS)
 BACKGROUND_TRIES = 5  #: seeded background offsets tried before falling back to the loudest window
 AAC_BIT_RATE = 32_000  #: bit/s of the AAC sound track
+DIGIT_GRID = 1024  #: prepared digits are multiples of 1/DIGIT_GRID grey level (see prepare_digits)
 MAX_IN_FLIGHT = 256  #: rendered clips queued for the encoder pool at most
 NUM_CLASSES = 10
 
@@ -115,6 +119,8 @@ class BenchmarkConfig:
         mismatch_share: share of the irrelevant clips that are 'mismatched' (others 'background').
         sample_rate: Hz of the sound track.
         video_crf: libx264 constant rate factor (0-51, lower = better).
+        audio_codec: ``flac`` (lossless 16-bit: the samples decode bit-exactly on every CPU) or
+            ``aac`` (lossy, :data:`AAC_BIT_RATE`; its floating-point decoder differs by ~1 ulp between CPUs).
     """
 
     seed: int = 0
@@ -133,6 +139,7 @@ class BenchmarkConfig:
     mismatch_share: float = 0.5
     sample_rate: int = 8000
     video_crf: int = 18
+    audio_codec: str = "flac"
 
     def __post_init__(self) -> None:
         for name in ("n_train", "n_val", "n_test"):
@@ -163,6 +170,8 @@ class BenchmarkConfig:
             raise ValueError(f"benchmark.pixel_noise must be >= 0, got {self.pixel_noise}")
         if not 0 <= self.video_crf <= 51:
             raise ValueError(f"benchmark.video_crf must be in [0, 51], got {self.video_crf}")
+        if self.audio_codec not in ("flac", "aac"):
+            raise ValueError(f"benchmark.audio_codec must be 'flac' (lossless) or 'aac', got {self.audio_codec!r}")
 
     @property
     def n_samples(self) -> int:
@@ -544,12 +553,17 @@ def prepare_digits(
         ratio = [float(r) for r in pca.explained_variance_ratio_]
     x = np.clip(x, 0.0, 255.0).reshape(-1, 1, 28, 28)
     small = TF.resize(
-        torch.from_numpy(x).float(),
+        torch.from_numpy(x),  # float64 throughout: kernel differences stay ~1e-12, far below the grid
         [cfg.digit_size, cfg.digit_size],
         interpolation=InterpolationMode.BILINEAR,
         antialias=True,
     )
     small = small.clamp(0.0, 255.0).numpy()[:, 0]
+    # Snap to a 1/DIGIT_GRID grey-level grid, exactly representable in float32: the BLAS / ATen kernels
+    # of another CPU change the float64 values in their last bits only, so that the frames rounded from
+    # them (render_video) are the same integers on every machine (float32 throughout moved values by
+    # up to 4.6e-5 between OpenBLAS/ATen's native and baseline kernels and changed rendered frames).
+    small = (np.rint(small * DIGIT_GRID) / DIGIT_GRID).astype(np.float32)
     return {k: small[n] for n, k in enumerate(keys)}, ratio
 
 
@@ -557,14 +571,24 @@ def prepare_digits(
 
 
 def encode_clip(
-    path: str | os.PathLike[str], frames: np.ndarray, audio: np.ndarray, fps: int, sample_rate: int, crf: int
+    path: str | os.PathLike[str],
+    frames: np.ndarray,
+    audio: np.ndarray,
+    fps: int,
+    sample_rate: int,
+    crf: int,
+    audio_codec: str = "flac",
 ) -> None:
-    """Write one MP4: H.264 (libx264, yuv420p, ``crf``, ``fps``) video + AAC mono audio.
+    """Write one MP4: H.264 (libx264, yuv420p, ``crf``, ``fps``) video + mono sound (FLAC or AAC).
+
+    The bytes depend only on the inputs (not on the process, the worker count or the x86-64 CPU):
+    see :mod:`xmkd.data.codec` for the encoder settings that make it so.
 
     Args:
         path: output file (``.mp4``).
         frames: (T, H, W) uint8 gray (replicated to RGB) or (T, H, W, 3) uint8 RGB; H, W even.
         audio: (S,) float32 in [-1, 1] at ``sample_rate`` Hz.
+        audio_codec: ``flac`` (lossless 16-bit) or ``aac`` (:data:`AAC_BIT_RATE`).
 
     Raises:
         DataError: if PyAV/ffmpeg cannot encode (e.g. libx264 missing from the PyAV build).
@@ -573,25 +597,24 @@ def encode_clip(
 
     rgb = np.repeat(frames[..., None], 3, axis=-1) if frames.ndim == 3 else frames
     try:
-        with av.open(str(path), mode="w", format="mp4") as container:
-            video = container.add_stream("libx264", rate=fps, options={"crf": str(crf), "threads": "1"})
-            video.width, video.height, video.pix_fmt = rgb.shape[2], rgb.shape[1], "yuv420p"
-            sound = container.add_stream("aac", rate=sample_rate, layout="mono")
-            sound.bit_rate = AAC_BIT_RATE
-            for t, img in enumerate(rgb):
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-                frame.pts = t
-                container.mux(video.encode(frame))
-            container.mux(video.encode(None))
-            chunk = av.AudioFrame.from_ndarray(audio.astype(np.float32)[None, :], format="fltp", layout="mono")
-            chunk.sample_rate, chunk.pts = sample_rate, 0
-            container.mux(sound.encode(chunk))
-            container.mux(sound.encode(None))
+        codec.write_av(
+            path,
+            rgb,
+            fps,
+            audio,
+            sample_rate,
+            video_options={"crf": str(crf)},
+            audio_codec=audio_codec,
+            audio_bit_rate=AAC_BIT_RATE if audio_codec == "aac" else None,
+            container_format="mp4",
+        )
     except (av.FFmpegError, ValueError) as e:
-        raise DataError(f"cannot encode {path} with PyAV ({e}); check that PyAV was built with libx264 and aac.") from e
+        raise DataError(
+            f"cannot encode {path} with PyAV ({e}); check that PyAV was built with libx264 and {audio_codec}."
+        ) from e
 
 
-def _encode_task(task: tuple[str, np.ndarray, np.ndarray, int, int, int]) -> str:
+def _encode_task(task: tuple[str, np.ndarray, np.ndarray, int, int, int, str]) -> str:
     encode_clip(*task)
     return task[0]
 
@@ -690,7 +713,7 @@ def build_benchmark(
         for d in range(NUM_CLASSES):
             (tmp / "videos" / str(d)).mkdir(parents=True)
 
-        def tasks() -> Iterator[tuple[str, np.ndarray, np.ndarray, int, int, int]]:
+        def tasks() -> Iterator[tuple[str, np.ndarray, np.ndarray, int, int, int, str]]:
             for p in plans:
                 frames = render_video(p, digits[(p.mnist_origin, p.mnist_index)], cfg)
                 yield (
@@ -700,6 +723,7 @@ def build_benchmark(
                     cfg.fps,
                     cfg.sample_rate,
                     cfg.video_crf,
+                    cfg.audio_codec,
                 )
 
         _run_encoders(tasks(), len(plans), workers, progress)
@@ -720,8 +744,10 @@ def build_benchmark(
                 "target_rms": TARGET_RMS,
                 "background_rms_floor": BACKGROUND_RMS_FLOOR,
                 "background_tries": BACKGROUND_TRIES,
-                "aac_bit_rate": AAC_BIT_RATE,
+                "codec": cfg.audio_codec,
+                "aac_bit_rate": AAC_BIT_RATE if cfg.audio_codec == "aac" else None,
             },
+            "encoding": codec.encoding_recipe(),
             "sources_sha256": raw.sources_sha256,
         }
         _dump(recipe, tmp / "recipe.json")

@@ -12,8 +12,10 @@ This module renders, for every clip, all three sound tracks (``clean``: the righ
 background; ``mismatched``: another digit spoken; ``background``: ESC-50 only) from the same plan
 draws the builder uses, and assigns conditions for any rate exactly as the builder would. The
 ``embed_conditions`` stage embeds the three tracks with the frozen teacher once; robustness runs pick
-per clip. Difference to a rebuild: these tracks are not passed through the MP4's AAC encoder; the stage
-measures how much that matters (teacher agreement with the MP4 path on the as-built conditions).
+per clip. With the default lossless sound (``benchmark.audio_codec: flac``) the tracks are quantised to
+16 bit exactly as the MP4's FLAC stream stores them, so they are the samples a rebuild would decode; with
+``aac`` they skip the lossy encoder. The stage measures the difference either way (teacher agreement with
+the MP4 path on the as-built conditions).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from xmkd.data.codec import pcm16
 from xmkd.data.benchmark import (
     CONDITIONS,
     NUM_CLASSES,
@@ -63,7 +66,8 @@ def render_variants(cfg: BenchmarkConfig, raw: RawData) -> tuple[list[str], dict
     """Every clip's three sound tracks.
 
     Returns:
-        (clip ids in plan order, {condition: (N, n_samples) float32 waveforms at cfg.sample_rate}).
+        (clip ids in plan order, {condition: (N, n_samples) float32 waveforms at cfg.sample_rate}), each
+        quantised to 16 bit as the MP4 stores it when ``cfg.audio_codec == "flac"``.
     """
     ids: list[str] = []
     waves: dict[str, list[np.ndarray]] = {c: [] for c in CONDITIONS}
@@ -76,7 +80,10 @@ def render_variants(cfg: BenchmarkConfig, raw: RawData) -> tuple[list[str], dict
             raise AssertionError("clip order differs between condition variants")
         for p in plans:
             assert p.audio_condition == cond
-            waves[cond].append(render_audio(p, raw, cfg.n_samples))
+            wave = render_audio(p, raw, cfg.n_samples)
+            if cfg.audio_codec == "flac":  # what the MP4's lossless 16-bit track decodes to, sample for sample
+                wave = (pcm16(wave)[0] / 32768.0).astype(np.float32)
+            waves[cond].append(wave)
     return ids, {c: np.stack(w) for c, w in waves.items()}
 
 

@@ -29,6 +29,7 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
+from xmkd.data.codec import to_rgb24, write_av
 from xmkd.errors import DecodeError
 
 #: File name extensions treated as video files when indexing a folder (lower case, with the dot).
@@ -226,7 +227,8 @@ class _VideoSampler:
         if self.count in self.wanted:
             # threads=1: swscale's automatic threading costs more than it saves on small frames and
             # competes with the worker processes.
-            self.kept[self.count] = resize_crop(frame.to_ndarray(format="rgb24", threads=1), self.size)
+            # bit-exact conversion: the same pixels on every CPU (xmkd.data.codec)
+            self.kept[self.count] = resize_crop(to_rgb24(frame), self.size)
         self.count += 1
 
     def satisfied(self, indices: np.ndarray | None = None) -> bool:
@@ -477,28 +479,14 @@ def write_video(
     Raises:
         ValueError: if ``frames`` is not (T, H, W, 3) uint8.
     """
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    with av.open(str(path), mode="w", format=container_format) as out:
-        vs = out.add_stream(video_codec, rate=fps)
-        vs.width, vs.height = int(frames.shape[2]), int(frames.shape[1])
-        vs.pix_fmt = "yuv420p"
-        if video_codec in ("libx264", "h264"):
-            vs.options = {"preset": "veryfast", "crf": "18", "threads": "1"}
-        streams_audio = None
-        if wave is not None:
-            streams_audio = out.add_stream(audio_codec, rate=sample_rate, layout="mono")
-        for img in frames:
-            for pkt in vs.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
-                out.mux(pkt)
-        for pkt in vs.encode(None):
-            out.mux(pkt)
-        if streams_audio is not None and wave is not None:
-            w = np.ascontiguousarray(np.asarray(wave, np.float32).reshape(1, -1))
-            af = av.AudioFrame.from_ndarray(w, format="fltp", layout="mono")
-            af.sample_rate = sample_rate
-            af.pts = 0
-            for pkt in streams_audio.encode(af):
-                out.mux(pkt)
-            for pkt in streams_audio.encode(None):
-                out.mux(pkt)
+    write_av(
+        path,
+        frames,
+        fps,
+        wave,
+        sample_rate,
+        video_codec=video_codec,
+        video_options={"preset": "veryfast", "crf": "18"} if video_codec in ("libx264", "h264") else None,
+        audio_codec=audio_codec,
+        container_format=container_format,
+    )
