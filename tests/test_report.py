@@ -419,3 +419,52 @@ def test_one_seed_and_robustness_check(tmp_path: Path) -> None:
     assert summary["paired"]["mnf_csc-none_top1_ci_low"] is None
     for name in ("tau0.png", "ablations.png"):  # sections absent from params still give a (labelled) PNG
         assert (tmp_path / "reports" / name).stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------- the premise check
+
+
+def test_premise_fails_when_no_distiller_wins_on_both_intervals(built: tuple[Path, dict[str, Any]]) -> None:
+    """The fixture at rate 0: kd − none = [0.03, 0.02, 0.01] (t interval 0.02 ± 0.0248: crosses zero), and
+    no feature-level distiller ran at rate 0 (crd is a main run only)."""
+    root, summary = built
+    md = (root / "reports/results.md").read_text()
+    sec = _section(md, "## Premise check")
+    assert "| kd − none | +2.0 | 3 | [-0.5, +4.5] | no significant difference |" in sec
+    assert "Verdict: **the benchmark cannot test the claim**." in sec
+    assert "Premise (a clean teacher helps" in _section(md, "## Summary")
+    p = summary["premise"]
+    assert p["can_test_claim"] == 0.0 and p["kd-none_top1"] == pytest.approx(0.02)
+    assert p["kd-none_ci_low"] == pytest.approx(0.02 - T_975_2 * 0.01 / math.sqrt(3), abs=1e-6)  # rounded to 6
+    assert p["kd-none_boot_low"] > 0  # kd is right on a superset of none's clips for every seed
+    assert "feature-none_top1" not in p
+
+
+def test_premise_holds_with_a_feature_level_win(tmp_path: Path) -> None:
+    """A feature-level distiller (crd) at rate 0 that beats none on both intervals makes the premise hold,
+    even though kd does not; the best feature-level run is chosen by mean top-1 (crd over pkt)."""
+    specs = [*SPECS, Spec("robust-crd-0.0", "robustness", "crd", "crd", 0.0), Spec("robust-pkt-0.0", "robustness", "pkt", "pkt", 0.0)]
+    top1 = TOP1 | {"robust-crd-0.0": [0.86, 0.88, 0.89], "robust-pkt-0.0": [0.81, 0.83, 0.85]}
+    write_fixture(tmp_path, specs, top1)
+    summary = build_report(specs, CFG, Layout(tmp_path))
+    sec = _section((tmp_path / "reports/results.md").read_text(), "## Premise check")
+    # crd − none = [0.06, 0.06, 0.05]: mean 0.0567, std 0.00577, half-width 4.303 * 0.00577 / sqrt(3) = 0.0143
+    assert "| crd − none | +5.7 | 3 | [+4.2, +7.1] | win |" in sec
+    assert "pkt − none" not in sec
+    assert "Verdict: **the benchmark can test the claim**." in sec
+    assert summary["premise"]["can_test_claim"] == 1.0
+    assert summary["premise"]["feature-none_top1"] == pytest.approx(0.05667, abs=1e-5)
+
+
+def test_premise_uses_the_main_table_when_the_benchmark_is_clean(tmp_path: Path) -> None:
+    specs = SPECS[:4]
+    write_fixture(tmp_path, specs)
+    summary = build_report(specs, ReportConfig(seeds=SEEDS, base_rate=0.0, base_tau0=0.07), Layout(tmp_path))
+    sec = _section((tmp_path / "reports/results.md").read_text(), "## Premise check")
+    assert "| kd − none | -3.0 |" in sec and "| crd − none | +2.7 |" in sec  # main runs at rate 0
+    assert summary["premise"]["can_test_claim"] == 0.0
+    no_rate0 = [s for s in SPECS if s.irrelevant_rate != 0.0]
+    write_fixture(tmp_path, no_rate0)
+    build_report(no_rate0, CFG, Layout(tmp_path))
+    md = (tmp_path / "reports/results.md").read_text()
+    assert "no distiller ran at irrelevant rate 0: add 0 to `robustness.rates`" in _section(md, "## Premise check")

@@ -107,6 +107,8 @@ class ReportConfig:
         resamples, bootstrap_seed: paired bootstrap over test clips (10,000 resamples, seed 0).
         teacher_free: main methods that use no teacher (``none``): the robustness table shows their main run
             at every irrelevant-sound rate (their student does not depend on the sound), not a run per rate.
+        logit_level: methods that distil the teacher's logits only (``kd``); every other teacher-using method
+            but mnf_csc counts as a feature-level distiller in the premise check.
     """
 
     seeds: tuple[int, ...]
@@ -116,6 +118,7 @@ class ReportConfig:
     resamples: int = stats.BOOTSTRAP_RESAMPLES
     bootstrap_seed: int = stats.BOOTSTRAP_SEED
     teacher_free: tuple[str, ...] = ("none",)
+    logit_level: tuple[str, ...] = ("kd",)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> ReportConfig:
@@ -137,8 +140,10 @@ class ReportConfig:
             ) from e
         from xmkd.methods import method_class  # imports torch: only here, not for the report's tests
 
+        named = list(params.get("methods") or []) + list((params.get("robustness") or {}).get("methods") or [])
         free = tuple(m for m in params.get("methods") or [] if not method_class(m).uses_teacher)
-        return cls(tuple(s), rate, tau0, teacher_free=free)
+        logits = tuple(dict.fromkeys(m for m in named if method_class(m).distills == "logits"))
+        return cls(tuple(s), rate, tau0, teacher_free=free, logit_level=logits)
 
 
 @dataclass(frozen=True)
@@ -355,6 +360,38 @@ def _overrides_text(o: dict[str, Any]) -> str:
     return ", ".join(f"{s}.{k}={v}" for s, d in o.items() for k, v in (d.items() if isinstance(d, dict) else []))
 
 
+PREMISE_HOLDS = "the benchmark can test the claim"
+PREMISE_FAILS = "the benchmark cannot test the claim"
+
+
+@dataclass
+class Premise:
+    """The premise of cross-modal distillation, checked on clean sound (irrelevant rate 0).
+
+    A clean teacher must help the student before one can ask whether MNF+CSC keeps that help when the sound
+    is irrelevant (Xia et al., arXiv 2304.07775): ``kd − none`` and ``best feature-level distiller − none``
+    on top-1, each with the paired t interval over seeds and the paired bootstrap over test clips.
+
+    Attributes:
+        rate: the irrelevant rate of the compared runs (0).
+        diffs: ``"kd"`` / ``"feature"`` -> paired difference to ``none`` (with its bootstrap).
+        feature_method: the feature-level distiller with the highest mean top-1 at that rate (None if none ran).
+        holds: True when at least one of the differences is a win on both intervals.
+        missing: why the check could not run (empty when it ran).
+    """
+
+    rate: float
+    diffs: dict[str, stats.PairedDifference]
+    feature_method: str | None
+    holds: bool
+    missing: str = ""
+
+    @property
+    def verdict(self) -> str:
+        """:data:`PREMISE_HOLDS` or :data:`PREMISE_FAILS`."""
+        return PREMISE_HOLDS if self.holds else PREMISE_FAILS
+
+
 @dataclass
 class Analysis:
     """Everything the report states, computed once from the loaded runs (see :func:`analyse`)."""
@@ -378,6 +415,7 @@ class Analysis:
     reverse_diff: stats.PairedDifference | None
     teacher: dict[str, Any] | None
     video_teacher: dict[str, Any] | None
+    premise: Premise | None = None
 
     def est(self, run: RunData | str, metric: str) -> stats.Estimate:
         """:class:`~xmkd.stats.Estimate` of ``metric`` over the seeds of ``run`` (all NaN if unknown)."""
@@ -472,12 +510,66 @@ def analyse(specs: Sequence[RunSpecLike], cfg: ReportConfig, layout: Layout) -> 
         for r in a.robust:
             if r.spec.method == m:
                 a.robust_grid[(m, _rate_key(a.rates, r.rate))] = r
+    a.premise = premise_check(a, cfg, layout)
     rn, rm = _by_method(a.reverse, "none"), _by_method(a.reverse, "mnf_csc")
     if rn is not None and rm is not None:
         a.reverse_diff = stats.paired_difference(
             rm.per_seed("top1"), rn.per_seed("top1"), ("mnf_csc", "none"), "top1", cfg.confidence
         )
     return a
+
+
+def _runs_at(a: Analysis, rate: float) -> dict[str, RunData]:
+    """method -> its run at irrelevant ``rate``: the robustness grid, or the main table at the base rate."""
+    out = {m: r for (m, x), r in a.robust_grid.items() if math.isclose(x, rate, abs_tol=1e-9)}
+    if math.isclose(a.cfg.base_rate, rate, abs_tol=1e-9):
+        out = {r.spec.method: r for r in a.main} | out
+    return out
+
+
+def premise_check(a: Analysis, cfg: ReportConfig, layout: Layout, rate: float = 0.0) -> Premise:
+    """Does a clean teacher help here? ``kd − none`` and ``best feature-level − none`` at ``rate`` (see :class:`Premise`).
+
+    Raises:
+        DataError: a run's predictions are missing or on other clips (names the stage to run).
+    """
+    at = _runs_at(a, rate)
+    none = a.none or at.get("none")
+    if none is None:
+        return Premise(rate, {}, None, False, "`none` is not in `methods`")
+    features = [
+        r for m, r in at.items() if m not in (*cfg.teacher_free, *cfg.logit_level, "mnf_csc") and m != none.spec.method
+    ]
+    best = max(features, key=lambda r: _mean(a, r)) if features else None
+    pairs = {"kd": at.get("kd"), "feature": best}
+    diffs: dict[str, stats.PairedDifference] = {}
+    for key, run in pairs.items():
+        if run is None:
+            continue
+        names = (run.spec.label, none.spec.label)
+        d = stats.paired_difference(run.per_seed("top1"), none.per_seed("top1"), names, "top1", cfg.confidence)
+        boot = bootstrap_top1(load_predictions(run.spec, cfg, layout), load_predictions(none.spec, cfg, layout), names, cfg)
+        diffs[key] = dataclasses.replace(d, bootstrap=boot)
+    if not diffs:
+        return Premise(
+            rate, {}, None, False,
+            f"no distiller ran at irrelevant rate {rate:g}: add {rate:g} to `robustness.rates` (and kd to "
+            "`robustness.methods`)",
+        )  # fmt: skip
+    holds = any(d.seed_verdict == stats.WIN and d.bootstrap_verdict == stats.WIN for d in diffs.values())
+    return Premise(rate, diffs, best.spec.method if best else None, holds)
+
+
+def _premise_sentence(p: Premise | None) -> str:
+    head = "Premise (a clean teacher helps: distillers against none at irrelevant rate 0)"
+    if p is None or p.missing:
+        return f"{head} cannot be checked: {p.missing if p else 'no analysis'}."
+    parts = [
+        f"{d.a} − {d.b} {fmt_pp(d.seed_estimate.mean)} pp (seeds {fmt_interval(d.seed_estimate)}, "
+        f"bootstrap {fmt_interval(d.bootstrap)})"
+        for d in p.diffs.values()
+    ]
+    return f"{head}: {'; '.join(parts)}. Verdict: **{p.verdict}**."
 
 
 def _rate_key(rates: list[float], r: float) -> float:
@@ -572,7 +664,7 @@ def _diff_sentence(d: stats.PairedDifference, unit: str = "top-1") -> str:
 
 def summary_lines(a: Analysis) -> list[str]:
     """The generated summary: plain sentences computed from the numbers (one bullet each)."""
-    out: list[str] = []
+    out: list[str] = [_premise_sentence(a.premise)]
     if a.main:
         best = max(a.main, key=lambda r: _mean(a, r))
         out.append(f"Best on top-1 (mean over seeds): **{best.spec.label}**, {fmt_est(a.est(best, 'top1'))} %.")
@@ -684,6 +776,7 @@ def markdown(a: Analysis) -> str:
         "",
     ]
     L += [f"- {s}" for s in summary_lines(a)]
+    L += _premise_section(a)
     L += ["", "## Main table (video student)", ""]
     L += [metric_table(a, a.main, MAIN_COLUMNS) if a.main else "No main runs.", ""]
     if a.main:
@@ -742,6 +835,30 @@ def markdown(a: Analysis) -> str:
         "",
     ]
     return "\n".join(L)
+
+
+def _premise_section(a: Analysis) -> list[str]:
+    p = a.premise
+    L = [
+        "",
+        "## Premise check: does a clean teacher help?",
+        "",
+        "The paper's question (does MNF+CSC keep what distillation gives when the sound is irrelevant?) needs "
+        "distillation to give something first. At irrelevant rate 0 (every clip's sound is the right digit), kd and "
+        "the best feature-level distiller against the student alone (none), paired over seeds and over test clips. "
+        "The benchmark can test the claim when at least one of them wins on both intervals.",
+        "",
+    ]
+    if p is None or p.missing:
+        return L + [f"Cannot be checked: {p.missing if p else 'no analysis'}.", ""]
+    header = ["comparison", "Δ top-1 (pp)", "seeds", "95% t interval (pp)", "verdict (seeds)",
+              "bootstrap 95% interval (pp)", "verdict (bootstrap)"]  # fmt: skip
+    rows = [
+        [f"{d.a} − {d.b}", fmt_pp(d.seed_estimate.mean), str(d.seed_estimate.n), fmt_interval(d.seed_estimate),
+         d.seed_verdict, fmt_interval(d.bootstrap), d.bootstrap_verdict]  # fmt: skip
+        for d in p.diffs.values()
+    ]
+    return L + [_table(header, rows), "", f"Verdict: **{p.verdict}**.", ""]
 
 
 def _paired_section(a: Analysis) -> list[str]:
@@ -916,6 +1033,14 @@ def headline(a: Analysis) -> dict[str, dict[str, float | None]]:
             paired |= {f"{pre}_boot_low": _r(d.bootstrap.ci_low), f"{pre}_boot_high": _r(d.bootstrap.ci_high)}
     robust = {f"{m}/{rate:g}": _r(a.est(r, "top1").mean) for (m, rate), r in sorted(a.robust_grid.items())}
     out: dict[str, dict[str, float | None]] = {"main": main, "paired": paired}
+    if a.premise is not None:
+        prem: dict[str, float | None] = {"can_test_claim": 1.0 if a.premise.holds else 0.0}
+        for key, d in a.premise.diffs.items():
+            e, b = d.seed_estimate, d.bootstrap
+            prem |= {f"{key}-none_top1": _r(e.mean), f"{key}-none_ci_low": _r(e.ci_low), f"{key}-none_ci_high": _r(e.ci_high)}
+            if b is not None:
+                prem |= {f"{key}-none_boot_low": _r(b.ci_low), f"{key}-none_boot_high": _r(b.ci_high)}
+        out["premise"] = prem
     if a.ablations:
         out["ablation"] = {f"{r.spec.label}/top1": _r(a.est(r, "top1").mean) for r in a.ablations}
         out["ablation"] |= {

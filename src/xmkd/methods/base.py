@@ -76,11 +76,15 @@ class DistillMethod(nn.Module):
         uses_teacher: False for a method that never reads the teacher's outputs (``none``): its student
             does not depend on the teacher or on which sound a clip carries, so the robustness runs take its
             row from the main run instead of training it again at every irrelevant-sound rate.
+        distills: what of the teacher reaches the student: ``"logits"`` (kd and other logit distillers),
+            ``"features"`` (embedding / relation distillers) or ``"none"``; the report's premise check compares
+            kd and the best feature-level distiller with ``none``.
     """
 
     name: ClassVar[str] = ""
     sections: ClassVar[dict[str, type]] = {}
     uses_teacher: ClassVar[bool] = True
+    distills: ClassVar[str] = "features"
 
     def __init__(self, dims: Dims, cfg: dict[str, Any]) -> None:
         super().__init__()

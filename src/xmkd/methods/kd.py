@@ -54,6 +54,7 @@ class HintonKD(DistillMethod):
     """Logit distillation from the audio teacher (arXiv 1503.02531); no learnable heads."""
 
     sections = {"kd": KDConfig}
+    distills = "logits"
 
     @property
     def ce_weight(self) -> float:

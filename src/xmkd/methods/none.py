@@ -11,3 +11,4 @@ class NoDistillation(DistillMethod):
 
     sections: dict[str, type] = {}
     uses_teacher = False
+    distills = "none"
