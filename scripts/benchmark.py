@@ -65,7 +65,9 @@ from xmkd.errors import ConfigError, TrainingError, XmkdError
 from xmkd.methods import Dims, DistillMethod, TeacherBatch, build_method, method_config
 from xmkd.models.student import StudentConfig, build_student
 from xmkd.profiles import available_profiles, load_profile, merge
-from xmkd.train import ClipDataset, TrainConfig, _autocast, _to, make_loader, resolve_device, seed_everything
+from xmkd.train import (
+    ClipDataset, TrainConfig, _autocast, _to, make_loader, make_optimiser, resolve_device, seed_everything,
+)  # fmt: skip
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 10
@@ -165,8 +167,7 @@ def build(
     student = build_student(scfg, NUM_CLASSES).to(device)
     dims = Dims(scfg.embed_dim, teacher_dim, NUM_CLASSES, num_train)
     method = build_method(name, dims, method_config(name, params)).to(device)
-    opt = torch.optim.Adam([*student.parameters(), *method.parameters()], lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    head_params = [p for p in method.parameters() if p.requires_grad]
+    opt, head_params = make_optimiser(student, method, tcfg)
     student.train()
     method.train()
     return student, method, opt, head_params

@@ -100,7 +100,7 @@ def test_ccl_full_loss_pinned_with_identity_composition() -> None:
     -> ct_vm = ct_va = ct_ma = 4(ln(e²+1) - 2).
     div = 0.5 · [KL(p‖u) + KL(u‖p)] = 0.5 · [(¼ ln ½ + ¾ ln 3/2) + ½ ln(4/3)];  ce_comp = ln 2.
     """
-    method = _ccl()
+    method = _ccl(head_gradient="separate")
     with torch.no_grad():
         for p in method.composition.parameters():
             p.zero_()
@@ -138,6 +138,34 @@ def test_ccl_gradient_groups_follow_the_reference() -> None:
     (terms.student["ct_vm"] + terms.student["div"]).backward(retain_graph=True)
     assert v.grad is not None and zv.grad is not None
     assert method.composition.mlp.weight.grad.abs().sum() > 0 and method.composition.fc.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("head_gradient, k", [("reference", 2.0), ("separate", 1.0)])
+def test_ccl_head_gradient_is_the_references_sum(head_gradient: str, k: float) -> None:
+    """The composition head's gradient after the loop's two backward passes (heads-only, then student
+    group) = grad of CE_f + k·L_vm + L_ma + k·L_div, computed term by term: k = 2 in the reference's code
+    at HEAD (b590483), 1 in its first release (5c18684). The student's gradient is the same in both."""
+    torch.manual_seed(0)
+    method = _ccl(student_dim=3, teacher_dim=3, num_classes=2, head_gradient=head_gradient)
+    v = torch.randn(4, 3, requires_grad=True)
+    zv = torch.randn(4, 2, requires_grad=True)
+    student = StudentOutput(v[:, None, :], v, zv)
+    teacher = TeacherBatch(torch.rand(4, 3), torch.randn(4, 2))
+    y = torch.tensor([0, 1, 0, 1])
+    heads = list(method.parameters())
+    terms = method.loss(student, teacher, y)
+    sum(terms.heads_only.values()).backward(inputs=heads, retain_graph=True)  # as xmkd.train does
+    sum(terms.student.values()).backward()
+    got = [p.grad.clone() for p in heads]
+    v_grad = v.grad.clone()
+    t = method.loss(student, teacher, y)  # the same terms, recomputed, each differentiated alone
+    want_total = t.heads_only["ce_comp"] + k * t.student["ct_vm"] + t.heads_only["ct_ma"] + k * t.student["div"]
+    want = torch.autograd.grad(want_total, heads, retain_graph=True)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+    (v_student,) = torch.autograd.grad(sum(t.student.values()), [v])
+    torch.testing.assert_close(v_grad, v_student)  # heads-only terms never reach the student
+    assert CCLConfig().head_gradient == "reference"
 
 
 def test_ccl_projects_the_student_only_when_dims_differ() -> None:

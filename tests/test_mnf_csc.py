@@ -131,3 +131,29 @@ def test_training_loop_runs_every_method_and_stops_on_nan() -> None:
     method = build_method("mnf_csc", Dims(64, 64, C), method_config("mnf_csc", params))
     with pytest.raises(TrainingError, match="training diverged"):
         train(build_student(StudentConfig(width=8), C), method, bad, None, cfg, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("lr_scale", [0.2, 1.0])
+def test_mnf_learning_rate_is_the_references_fraction_of_the_students(lr_scale: float) -> None:
+    """Reference train_utils.py: the audio-side (MNF) optimiser runs at learning_rate * 0.2, same weight
+    decay, same milestones. Here: the heads' Adam param group, scaled on the student's schedule."""
+    from xmkd.train import lr_factor, make_optimiser
+
+    student = build_student(StudentConfig(width=8), C)
+    method = build_method("mnf_csc", Dims(64, 64, C), {"mnf": MNFConfig(lr_scale=lr_scale), "csc": CSCConfig()})
+    cfg = TrainConfig(epochs=4, lr=0.01, weight_decay=5e-4, milestones=[2.0], gamma=0.1)
+    opt, heads = make_optimiser(student, method, cfg)
+    g_student, g_heads = opt.param_groups
+    assert {id(p) for p in g_heads["params"]} == {id(p) for p in method.parameters()} == {id(p) for p in heads}
+    assert {id(p) for p in g_student["params"]} == {id(p) for p in student.parameters()}
+    assert g_student["lr"] == 0.01 and g_heads["lr"] == pytest.approx(0.01 * lr_scale)
+    assert g_student["weight_decay"] == g_heads["weight_decay"] == 5e-4
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=lr_factor(cfg, steps_per_epoch=1))
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    assert g_student["lr"] == pytest.approx(0.001) and g_heads["lr"] == pytest.approx(0.001 * lr_scale)
+    kd = build_method("kd", Dims(64, 64, C), method_config("kd", {"kd": {}}))
+    assert len(make_optimiser(student, kd, cfg)[0].param_groups) == 1  # no heads, no second group
+    with pytest.raises(ValueError, match="lr_scale"):
+        MNFConfig(lr_scale=0.0)

@@ -24,7 +24,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -253,6 +253,22 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     return lambda k: cfg.gamma ** bisect.bisect_right(bounds, k)
 
 
+def make_optimiser(
+    student: nn.Module, method: DistillMethod, cfg: TrainConfig
+) -> tuple[torch.optim.Adam, list[torch.Tensor]]:
+    """One Adam over the student (``train.lr``) and the method's trainable heads (``train.lr * head_lr_scale``).
+
+    Returns:
+        (the optimiser, with param group 0 = the student and group 1 = the heads when there are any;
+        the heads' trainable parameters, for the heads-only backward pass).
+    """
+    head_params = [p for p in method.parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": list(student.parameters()), "lr": cfg.lr}]
+    if head_params:  # their own group, on the same schedule (LambdaLR scales every group's initial rate)
+        groups.append({"params": head_params, "lr": cfg.lr * method.head_lr_scale})
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay), head_params
+
+
 def train(
     student: nn.Module,
     method: DistillMethod,
@@ -288,9 +304,7 @@ def train(
     student.to(device)
     method.to(device)
     model = student if dist is None else dist.wrap(student, device)  # DDP forwards the StudentOutput unchanged
-    params = [*student.parameters(), *method.parameters()]
-    head_params = [p for p in method.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt, head_params = make_optimiser(student, method, cfg)
     steps_per_epoch = len(train_loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=lr_factor(cfg, steps_per_epoch))
     history: list[dict[str, float]] = []

@@ -96,6 +96,15 @@ class DistillMethod(nn.Module):
         """Weight of the student's cross-entropy term (1 unless the method mixes it, e.g. KD)."""
         return 1.0
 
+    @property
+    def head_lr_scale(self) -> float:
+        """Learning rate of this method's own parameters (heads) as a multiple of ``train.lr`` (1 by default).
+
+        The training loop gives them their own Adam parameter group at ``train.lr * head_lr_scale``, with the
+        student's schedule; e.g. MNF+CSC's reference trains its filter at 0.2x the video network's rate.
+        """
+        return 1.0
+
     def loss(self, student: StudentOutput, teacher: TeacherBatch, labels: torch.Tensor) -> LossTerms:
         """Distillation terms for a batch (the loop adds ``ce_weight * CE(p_v, y)`` itself).
 

@@ -36,16 +36,27 @@ code, ``js`` uses the textbook JSD ``½KL(p‖m) + ½KL(q‖m)``, m = (p + q)/2,
 (The reference adds ε = 1e-10 inside ``log(p/q + ε)``; we use log-softmax differences instead, which
 differ only for probability ratios below 1e-10.)
 
-Gradient flow (reference: ``optimizer_av`` over the composition head steps on
-``total_loss_a = CE(z_f, y) + L_vm + L_ma + L_div``; ``optimizer`` over the video network steps on
-``total_loss_v = CE(z_v, y) + L_vm + L_va + L_div``; each optimiser's ``zero_grad`` discards the other
-total's gradients), reproduced in one optimiser step by the two groups of :class:`LossTerms`:
+Gradient flow. The reference has two optimisers, ``optimizer_av`` over the composition head and
+``optimizer`` over the video network, and two totals, ``total_loss_a = CE(z_f, y) + L_vm + L_ma + L_div``
+and ``total_loss_v = CE(z_v, y) + L_vm + L_va + L_div``. Its current code (``training.py::train_a_epoch``
+at HEAD, commit b590483 "fit to pytorch 1.7", 2021-07-07) runs ``optimizer_av.zero_grad();
+total_loss_a.backward(); optimizer.zero_grad(); total_loss_v.backward(); optimizer_av.step();
+optimizer.step()``: the video network's zero_grad discards total_loss_a's gradients on it, but the head's
+zero_grad comes before both backward passes, so the head accumulates both totals:
+
+    video network <- CE(z_v, y) + L_vm + L_va + L_div
+    composition   <- CE(z_f, y) + 2 L_vm + L_ma + 2 L_div           (``ccl.head_gradient: reference``)
+
+The first release (commit 5c18684, 2021-04-25) stepped ``optimizer_av`` before ``total_loss_v.backward()``,
+so the head got ``total_loss_a`` alone, ``CE(z_f, y) + L_vm + L_ma + L_div`` (``head_gradient: separate``).
+Both are reproduced in one optimiser step by the two groups of :class:`LossTerms`:
 
 - ``student`` (student + heads): ``ct_vm`` = L_vm, ``ct_va`` = L_va, ``div`` = L_div. L_vm and L_div
-  reach both student and composition head, as in the reference; L_va involves no head parameter
-  (unless the projection below exists).
-- ``heads_only`` (never the student): ``ce_comp`` = CE(z_f, y), ``ct_ma`` = L_ma. In the reference
-  these are in ``total_loss_a`` only, whose gradients on the video network are zeroed.
+  reach both student and composition head; L_va involves no head parameter (unless the projection
+  below exists).
+- ``heads_only`` (never the student): ``ce_comp`` = CE(z_f, y), ``ct_ma`` = L_ma, and with
+  ``head_gradient: reference`` also ``ct_vm_head`` = L_vm and ``div_head`` = L_div (the second copy the
+  head accumulates).
 - The loop adds CE(z_v, y) itself (``ce_weight`` 1).
 
 Adaptations to this project (teacher = a frozen, precomputed audio embedding):
@@ -91,6 +102,9 @@ class CCLConfig:
         composed_ce_weight: weight of CE(z_f, y) on the composition head (reference: 1).
         normalize_inputs: L2-normalise a and v before the residual MLP (``main.py``:
             ``generate_prediction(..., normalization=True)``).
+        head_gradient: ``reference`` (faithful to the code at HEAD: the composition head gets
+            CE_f + 2 L_vm + L_ma + 2 L_div) or ``separate`` (the first release: CE_f + L_vm + L_ma + L_div);
+            see the module docstring. The student's gradient is the same in both.
     """
 
     temperature: float = 0.5
@@ -99,6 +113,7 @@ class CCLConfig:
     divergence: Literal["symmetric_kl", "js"] = "symmetric_kl"
     composed_ce_weight: float = 1.0
     normalize_inputs: bool = True
+    head_gradient: Literal["reference", "separate"] = "reference"
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -206,7 +221,8 @@ class CCL(DistillMethod):
         self.project: nn.Module = nn.Identity() if d == dt else nn.Linear(d, dt, bias=False)
 
     def loss(self, student: StudentOutput, teacher: TeacherBatch, labels: torch.Tensor) -> LossTerms:
-        """Terms ``ct_vm``, ``ct_va``, ``div`` (student group) and ``ce_comp``, ``ct_ma`` (heads only)."""
+        """Terms ``ct_vm``, ``ct_va``, ``div`` (student group) and ``ce_comp``, ``ct_ma`` (+ ``ct_vm_head``,
+        ``div_head`` with ``head_gradient: reference``) (heads only)."""
         c: CCLConfig = self.cfg["ccl"]
         v, a = student.feature, teacher.embedding.detach()
         z_f, f = self.composition(a, v)
@@ -221,5 +237,9 @@ class CCL(DistillMethod):
             terms.student["div"] = c.divergence_weight * divergence_loss(student.logits.float(), z_f, c.divergence)
         terms.heads_only["ce_comp"] = c.composed_ce_weight * F.cross_entropy(z_f, labels)
         terms.heads_only["ct_ma"] = w * symmetric_nce(f, a, labels, tau)
+        if c.head_gradient == "reference":  # the head's second copy of L_vm and L_div (module docstring)
+            terms.heads_only["ct_vm_head"] = terms.student["ct_vm"]
+            if "div" in terms.student:
+                terms.heads_only["div_head"] = terms.student["div"]
         terms.logs = {"comp_acc": (z_f.argmax(1) == labels).float().mean().item()}
         return terms

@@ -57,6 +57,10 @@ class MNFConfig:
         triplet_margin: margin of the triplet term (reference ``--margin``, 0.2).
         gate_norm_weight: weight of the gate L1 term (reference: 0.001 with ``--use_norm``; 0 disables).
         gate_norm_on: ``w2`` (faithful: only W2, see module docstring) or ``both``.
+        lr_scale: learning rate of the MNF module (and of the projection of the no-MNF ablation) as a
+            multiple of ``train.lr``. Faithful default 0.2: the reference trains the audio-side module with its
+            own optimiser at ``learning_rate * 0.2``, same weight decay and milestones (``train_utils.py``,
+            ``get_train_module_utils``); 1.0 trains it with the student's rate.
         enabled: false = the "without MNF" ablation: no filter at all, CSC is computed between the student
             feature v and the raw teacher embedding a (τ_ij = cos(v_i, a_j) + τ0; a linear projection
             D -> d only when the dimensions differ), and the MNF terms (CE(p_sv), triplet, gate norm) vanish.
@@ -68,6 +72,11 @@ class MNFConfig:
     triplet_margin: float = 0.2
     gate_norm_weight: float = 0.001
     gate_norm_on: Literal["w2", "both"] = "w2"
+    lr_scale: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not self.lr_scale > 0:
+            raise ValueError(f"mnf.lr_scale must be > 0 (a multiple of train.lr), got {self.lr_scale}")
     enabled: bool = True
 
 
@@ -147,6 +156,11 @@ class MNFCSC(DistillMethod):
     """MNF + CSC distillation (arXiv 2304.07775); its head is a :class:`ModalityNoiseFilter`."""
 
     sections = {"mnf": MNFConfig, "csc": CSCConfig}
+
+    @property
+    def head_lr_scale(self) -> float:
+        """``mnf.lr_scale`` (0.2 in the reference)."""
+        return float(self.cfg["mnf"].lr_scale)
 
     def __init__(self, dims: Dims, cfg: dict) -> None:
         super().__init__(dims, cfg)
