@@ -282,6 +282,19 @@ def test_xkd_head_shapes_and_config() -> None:
         method_config("xkd", {"xkd": {"gammas": [1.0, -1.0]}})
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_xkd_heads_share_one_layernorm_as_the_reference(shared: bool) -> None:
+    """Reference DINOHead: ``norm = self._build_norm(...)`` once, appended after every hidden Linear, so
+    n_layers - 1 = 3 hidden layers use one LayerNorm module (one weight, one bias)."""
+    head = _xkd(n_layers=4, shared_norm=shared).student_head
+    norms = [m for m in head.mlp if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 3
+    assert len({id(m) for m in norms}) == (1 if shared else 3)
+    # parameters() counts a shared module once: 4 Linear (weight, bias) + 1 or 3 LayerNorm (weight, bias)
+    assert len(list(head.mlp.parameters())) == 8 + (2 if shared else 6)
+    assert XKDConfig().shared_norm is True
+
+
 # ----------------------------------------------------------------------------- training loop (both)
 def _toy_loader(n: int, teacher_dim: int, num_classes: int) -> tuple[DataLoader, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)

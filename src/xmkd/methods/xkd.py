@@ -94,6 +94,9 @@ class XKDConfig:
         bottleneck_dim: bottleneck before the prototype layer (256).
         n_layers: linear layers of the heads' MLP (3).
         teacher_head: ``learnable`` (trained by L_align) or ``frozen`` (fixed random init).
+        shared_norm: one LayerNorm module shared by all hidden layers of each head (faithful: the
+            reference's ``DINOHead.__init__`` calls ``_build_norm`` once and appends the same module after
+            every hidden Linear, ``codes/train/models/modules/projector.py``), or one per layer (false).
     """
 
     align: bool = True
@@ -108,6 +111,7 @@ class XKDConfig:
     bottleneck_dim: int = 256
     n_layers: int = 3
     teacher_head: Literal["learnable", "frozen"] = "learnable"
+    shared_norm: bool = True
 
     def __post_init__(self) -> None:
         if self.student_temp <= 0 or self.teacher_temp <= 0:
@@ -134,14 +138,19 @@ class DINOHead(nn.Module):
 
     Args:
         in_dim: input dimension; out_dim: k; hidden_dim, bottleneck_dim, n_layers: MLP shape.
+        shared_norm: one LayerNorm module (one set of affine parameters) after every hidden Linear, as the
+            reference builds it; False: a LayerNorm per hidden layer.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, n_layers: int) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, n_layers: int, shared_norm: bool = True
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         dim = in_dim
+        norm = nn.LayerNorm(hidden_dim)
         for _ in range(n_layers - 1):
-            layers += [nn.Linear(dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.GELU()]
+            layers += [nn.Linear(dim, hidden_dim), norm if shared_norm else nn.LayerNorm(hidden_dim), nn.GELU()]
             dim = hidden_dim
         layers.append(nn.Linear(dim, bottleneck_dim))
         self.mlp = nn.Sequential(*layers)
@@ -215,8 +224,9 @@ class XKD(DistillMethod):
     def __init__(self, dims: Dims, cfg: dict) -> None:
         super().__init__(dims, cfg)
         c: XKDConfig = cfg["xkd"]
-        self.student_head = DINOHead(dims.student_dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.n_layers)
-        self.teacher_head = DINOHead(dims.teacher_dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.n_layers)
+        shape = (c.out_dim, c.hidden_dim, c.bottleneck_dim, c.n_layers, c.shared_norm)
+        self.student_head = DINOHead(dims.student_dim, *shape)
+        self.teacher_head = DINOHead(dims.teacher_dim, *shape)
         if not c.align or c.teacher_head == "frozen":
             self.teacher_head.requires_grad_(False)
         self.register_buffer("center", torch.zeros(1, c.out_dim))
