@@ -157,3 +157,22 @@ def test_mnf_learning_rate_is_the_references_fraction_of_the_students(lr_scale: 
     assert len(make_optimiser(student, kd, cfg)[0].param_groups) == 1  # no heads, no second group
     with pytest.raises(ValueError, match="lr_scale"):
         MNFConfig(lr_scale=0.0)
+
+
+def test_reference_r2plus1d_has_one_block_per_stage_and_the_reference_shapes() -> None:
+    """Reference models/r21d_with_featuremap.py: R2Plus1DNet(layer_sizes=(1, 1, 1, 1)); stem M = 83 channels;
+    16x112x112 clips -> a (2, 7, 7) map of 512 channels = 98 tokens."""
+    from xmkd.models.r21d_reference import R2Plus1DReference, SpatioTemporalResBlock, intermediate_channels
+
+    net = build_student(StudentConfig(arch="r2plus1d_ref"), C)
+    assert isinstance(net, R2Plus1DReference) and StudentConfig(arch="r2plus1d_ref").embed_dim == 512
+    assert [sum(isinstance(m, SpatioTemporalResBlock) for m in stage) for stage in net.layers] == [1, 1, 1, 1]
+    assert net.stem[0].spatial.out_channels == intermediate_channels(3, 64, 3, 7) == 83
+    assert intermediate_channels(64, 64, 3, 3) == 144
+    tv = build_student(StudentConfig(arch="r2plus1d_18"), C)
+    assert sum(p.numel() for p in net.parameters()) < 0.6 * sum(p.numel() for p in tv.parameters())
+    net.eval()
+    with torch.no_grad():
+        out = net(torch.randint(0, 256, (1, 16, 112, 112, 3), dtype=torch.uint8))
+    assert out.feature_map.shape == (1, 98, 512) and out.feature.shape == (1, 512) and out.logits.shape == (1, C)
+    assert torch.allclose(out.feature, out.feature_map.mean(1), atol=1e-5)

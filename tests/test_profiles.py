@@ -16,7 +16,7 @@ from xmkd.profiles import check, combine, format_value, load_profile, main, merg
 ROOT = Path(__file__).resolve().parents[1]
 
 PAPER = {
-    "student.arch": "r2plus1d_18",
+    "student.arch": "r2plus1d_ref",
     "features.frames": 16,
     "features.size": 112,
     "features.eval_clips": 3,
@@ -46,7 +46,7 @@ def test_paper_profile_has_the_papers_setting(params: dict) -> None:
 
 def test_paper_overrides_are_hydra_syntax() -> None:
     assert to_overrides(load_profile("paper", ROOT)) == [
-        "student.arch=r2plus1d_18",
+        "student.arch=r2plus1d_ref",
         "features.frames=16",
         "features.size=112",
         "features.eval_clips=3",
@@ -135,10 +135,10 @@ def test_cli_overrides_and_run_dry_run(monkeypatch: pytest.MonkeyPatch, capsys: 
     monkeypatch.delenv("DVC_ROOT", raising=False)
     assert main(["overrides", "paper"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("-S student.arch=r2plus1d_18 ") and "-S 'train.milestones=[150]'" in out
+    assert out.startswith("-S student.arch=r2plus1d_ref ") and "-S 'train.milestones=[150]'" in out
     assert main(["run", "paper", "--dry-run", "--", "--queue"]) == 0
     cmd = capsys.readouterr().out
-    assert " exp run -n paper -S student.arch=r2plus1d_18" in cmd and cmd.rstrip().endswith("--queue")
+    assert " exp run -n paper -S student.arch=r2plus1d_ref" in cmd and cmd.rstrip().endswith("--queue")
     assert main(["show", "nope"]) == 1
     assert "no profile 'nope'" in capsys.readouterr().err
 

@@ -6,7 +6,9 @@ Two architectures, selected by ``student.arch``:
 - ``r2plus1d_small``: a small R(2+1)D ResNet (one BasicBlock per stage, widths w, 2w, 4w, 8w) with a
   stride-1 stem, sized for 8x32x32 clips on a laptop CPU. Its blocks are torchvision's own
   ``BasicBlock``/``Conv2Plus1D``.
-- ``r2plus1d_18``: torchvision's ``r2plus1d_18`` from scratch (the paper-scale student, 512-d).
+- ``r2plus1d_18``: torchvision's ``r2plus1d_18`` from scratch (2 blocks per stage, 512-d).
+- ``r2plus1d_ref``: the reference implementation's "R(2+1)D-18", one block per stage (1, 1, 1, 1), 512-d
+  (:mod:`xmkd.models.r21d_reference`); the paper profile's student.
 
 - ``audio_cnn``: the audio student of the reverse direction (video teacher -> audio student): a log-mel
   CNN in the layout of the audio teacher (CNN14 in miniature), whose last conv map gives the tokens.
@@ -49,7 +51,8 @@ class StudentConfig:
     """``student`` section of params.yaml.
 
     Attributes:
-        arch: ``r2plus1d_small`` (CPU default) or ``r2plus1d_18`` (torchvision, paper scale).
+        arch: ``r2plus1d_small`` (CPU default), ``r2plus1d_18`` (torchvision, 2 blocks per stage),
+            ``r2plus1d_ref`` (the reference code's 1-block-per-stage R(2+1)D, paper profile) or ``audio_cnn``.
         width: channels of the first stage of ``r2plus1d_small`` (stages: w, 2w, 4w, 8w); the
             embedding dimension is ``8 * width``. Ignored by ``r2plus1d_18`` (512-d).
         stem_temporal_stride: temporal stride of the stem's 3x1x1 convolution in ``r2plus1d_small``
@@ -59,7 +62,7 @@ class StudentConfig:
         n_mels: ``audio_cnn`` only: mel bands of the input log-mels (filled from ``features.n_mels``).
     """
 
-    arch: Literal["r2plus1d_small", "r2plus1d_18", "audio_cnn"] = "r2plus1d_small"
+    arch: Literal["r2plus1d_small", "r2plus1d_18", "r2plus1d_ref", "audio_cnn"] = "r2plus1d_small"
     width: int = 16
     stem_temporal_stride: int = 2
     audio_channels: list[int] | None = None
@@ -74,7 +77,7 @@ class StudentConfig:
         """Dimension d of the student feature."""
         if self.arch == "audio_cnn":
             return (self.audio_channels or [8, 16, 32, 64])[-1]
-        return 512 if self.arch == "r2plus1d_18" else 8 * self.width
+        return 512 if self.arch in ("r2plus1d_18", "r2plus1d_ref") else 8 * self.width
 
 
 def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
@@ -189,6 +192,10 @@ def build_student(cfg: StudentConfig, num_classes: int) -> nn.Module:
     """
     if cfg.arch == "r2plus1d_18":
         return R2Plus1D18(num_classes)
+    if cfg.arch == "r2plus1d_ref":
+        from xmkd.models.r21d_reference import R2Plus1DReference  # it builds on this module's helpers
+
+        return R2Plus1DReference(num_classes)
     if cfg.arch == "audio_cnn":
         return AudioStudent(num_classes, list(cfg.audio_channels or [8, 16, 32, 64]), cfg.n_mels)
     return R2Plus1DSmall(num_classes, cfg.width, stem_temporal_stride=cfg.stem_temporal_stride)
