@@ -176,3 +176,20 @@ def test_reference_r2plus1d_has_one_block_per_stage_and_the_reference_shapes() -
         out = net(torch.randint(0, 256, (1, 16, 112, 112, 3), dtype=torch.uint8))
     assert out.feature_map.shape == (1, 98, 512) and out.feature.shape == (1, 512) and out.logits.shape == (1, C)
     assert torch.allclose(out.feature, out.feature_map.mean(1), atol=1e-5)
+
+
+def test_csc_is_computed_in_float32_under_autocast() -> None:
+    """Like crd, cmc and ccl, CSC's logits cos / τ are computed in fp32 even inside a bf16 autocast region
+    (checked with CPU autocast, which runs matmuls in bf16 as CUDA's does)."""
+    from xmkd.methods.mnf_csc import csc_loss, csc_temperature
+
+    torch.manual_seed(0)
+    v, a = torch.randn(8, 64), torch.rand(8, 64)
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    ref = csc_loss(v, a, y, csc_temperature(v, a, CSCConfig()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (v @ a.T).dtype == torch.bfloat16  # autocast is on
+        tau = csc_temperature(v, a, CSCConfig())
+        got = csc_loss(v, a, y, tau)
+    assert tau.dtype == got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)

@@ -118,21 +118,26 @@ def csc_loss(
         tau: (B, B) per-pair temperatures τ_ij, or a scalar τ0.
 
     Returns:
-        Scalar ``mean_i[-Σ_j m_ij log(softmax_j(s_ij) + 1e-10) / Σ_j m_ij]``.
+        Scalar ``mean_i[-Σ_j m_ij log(softmax_j(s_ij) + 1e-10) / Σ_j m_ij]``, computed in float32 outside
+        autocast (as crd, cmc and ccl do): the reference trains in fp32, and with τ ≈ 0.07 bf16 cosines
+        (8 bits of mantissa) would move the logits s_ij = cos / τ by up to ~0.06.
     """
-    logits = cosine_matrix(v, v_sel) / tau  # (B, B)
-    log_p = torch.log(torch.softmax(logits, dim=1) + CSC_EPS)
-    mask = (labels[:, None] == labels[None, :]).to(logits.dtype)  # (B, B), diagonal always 1
-    return (-(log_p * mask).sum(1) / mask.sum(1)).mean()
+    with torch.autocast(device_type=v.device.type, enabled=False):
+        t = tau.float() if isinstance(tau, torch.Tensor) else tau
+        logits = cosine_matrix(v.float(), v_sel.float()) / t  # (B, B)
+        log_p = torch.log(torch.softmax(logits, dim=1) + CSC_EPS)
+        mask = (labels[:, None] == labels[None, :]).to(logits.dtype)  # (B, B), diagonal always 1
+        return (-(log_p * mask).sum(1) / mask.sum(1)).mean()
 
 
 def csc_temperature(v: torch.Tensor, a_sel: torch.Tensor, cfg: CSCConfig) -> torch.Tensor:
-    """τ_ij (B, B): ``cos(v_i, a'_j).detach() + τ0`` if adaptive else τ0, clamped at tau_min if set."""
+    """τ_ij (B, B) float32: ``cos(v_i, a'_j).detach() + τ0`` if adaptive else τ0, clamped at tau_min if set."""
     b = v.shape[0]
     if cfg.adaptive:
-        tau = cosine_matrix(v, a_sel).detach() + cfg.temperature
+        with torch.autocast(device_type=v.device.type, enabled=False):
+            tau = cosine_matrix(v.float(), a_sel.float()).detach() + cfg.temperature
     else:
-        tau = torch.full((b, b), cfg.temperature, device=v.device, dtype=v.dtype)
+        tau = torch.full((b, b), cfg.temperature, device=v.device, dtype=torch.float32)
     if cfg.tau_min is not None:
         tau = tau.clamp_min(cfg.tau_min)
     return tau
