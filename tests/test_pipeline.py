@@ -100,7 +100,11 @@ def test_repro_writes_metrics_and_report(repo: Path) -> None:
                 assert 0.0 <= m[k] <= 1.0, (run, seed, k)
             assert (repo / f"models/students/{run}/seed-{seed}.pt").exists()
         assert (repo / f"data/predictions/{run}.npz").exists()
-    assert "gate_auroc" in json.loads((repo / "metrics/eval/mnf_csc.json").read_text())["seeds"]["0"]
+    gate = json.loads((repo / "metrics/eval/mnf_csc.json").read_text())["seeds"]["0"]
+    assert {"gate_auroc", "init_gate_auroc"} <= set(gate)  # the trained gate and its untrained control
+    for c in ("clean", "background", "mismatched"):
+        assert 0.0 < gate[f"gate_norm_ratio/{c}"] <= 1.0 and 0.0 < gate[f"init_gate_norm_ratio/{c}"] <= 1.0
+    assert gate["gate_mean/clean"] != gate["init_gate_mean/clean"]  # the control is not the trained gate
     assert json.loads((repo / "metrics/eval/reverse-none.json").read_text())["modality"] == "audio"
     assert "test_top1" in json.loads((repo / "metrics/video_teacher.json").read_text())
     table = (repo / "reports/results.md").read_text()

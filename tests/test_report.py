@@ -91,6 +91,16 @@ def _metrics(run: str, seed: int, top1: dict[str, list[float]]) -> dict[str, flo
             "gate_mean/background": 0.42,
             "gate_mean/mismatched": 0.41,
             "gate_auroc": [0.51, 0.53, float("nan")][seed],
+            "init_gate_mean/clean": 0.50,
+            "init_gate_mean/background": 0.50,
+            "init_gate_mean/mismatched": 0.50,
+            "init_gate_auroc": [0.49, 0.50, 0.51][seed],
+            "gate_norm_ratio/clean": 0.45,
+            "gate_norm_ratio/background": 0.44,
+            "gate_norm_ratio/mismatched": 0.40,
+            "init_gate_norm_ratio/clean": 0.52,
+            "init_gate_norm_ratio/background": 0.52,
+            "init_gate_norm_ratio/mismatched": 0.52,
         }
     return m
 
@@ -468,3 +478,12 @@ def test_premise_uses_the_main_table_when_the_benchmark_is_clean(tmp_path: Path)
     build_report(no_rate0, CFG, Layout(tmp_path))
     md = (tmp_path / "reports/results.md").read_text()
     assert "no distiller ran at irrelevant rate 0: add 0 to `robustness.rates`" in _section(md, "## Premise check")
+
+
+def test_gate_section_has_the_untrained_control_and_norm_ratio(built: tuple[Path, dict[str, Any]]) -> None:
+    md = (built[0] / "reports/results.md").read_text()
+    sec = _section(md, "### MNF gate")
+    assert "Untrained gate (control):" in sec and "untrained gate AUROC" in sec
+    assert "| mnf_csc | 0.500 ± 0.000 [0.500, 0.500] |" in sec  # untrained gate clean, not in %
+    assert "0.500 ± 0.010" in sec  # the untrained gate's AUROC over 3 seeds (0.49, 0.50, 0.51)
+    assert "‖a′‖/‖a‖ mismatched" in sec and "0.400 ± 0.000" in sec and "0.520 ± 0.000" in sec

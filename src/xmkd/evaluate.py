@@ -79,20 +79,34 @@ def retrieval_metrics(
     return out
 
 
-def gate_metrics(gate_mean: np.ndarray, conditions: np.ndarray) -> dict[str, float]:
-    """MNF gate analysis: mean gate per audio condition, and AUROC of the gate mean for clean vs irrelevant.
+def gate_metrics(
+    gate_mean: np.ndarray, conditions: np.ndarray, norm_ratio: np.ndarray | None = None, prefix: str = ""
+) -> dict[str, float]:
+    """MNF gate analysis: mean gate per audio condition, AUROC of the gate mean for clean vs irrelevant, and
+    the share of the teacher embedding that passes the gate, ‖a′‖/‖a‖, per condition.
+
+    No loss term trains the gate to separate irrelevant sound (Xia et al., arXiv 2304.07775: the gate is
+    trained only through CSC, MNF's classifier, triplet and L1 terms), so these are read against the same
+    statistics of the untrained gate (``prefix="init_"``, the MNF module at its initial weights on the same
+    clips) as a control.
 
     Args:
         gate_mean: (N,) per-clip mean of the MNF gate g.
         conditions: (N,) strings: ``clean``, ``background`` or ``mismatched``.
+        norm_ratio: (N,) per-clip ‖g ⊙ a‖ / ‖a‖, or None.
+        prefix: prepended to every key (``init_`` for the untrained control).
 
     Returns:
-        ``gate_mean/<condition>`` for each condition present, and ``gate_auroc`` (clean = positive,
-        background + mismatched = negative; 0.5 = no separation; NaN when one side is empty).
+        ``<prefix>gate_mean/<condition>`` for each condition present, ``<prefix>gate_auroc`` (clean =
+        positive, background + mismatched = negative; 0.5 = no separation; NaN when one side is empty), and
+        ``<prefix>gate_norm_ratio/<condition>`` when ``norm_ratio`` is given.
     """
     from sklearn.metrics import roc_auc_score  # here, not at the top: a 1.3 s import only this needs
 
-    out = {f"gate_mean/{c}": float(gate_mean[conditions == c].mean()) for c in sorted(set(conditions))}
+    conds = sorted(set(conditions))
+    out = {f"{prefix}gate_mean/{c}": float(gate_mean[conditions == c].mean()) for c in conds}
     y = conditions == "clean"
-    out["gate_auroc"] = float(roc_auc_score(y, gate_mean)) if 0 < y.sum() < len(y) else float("nan")
+    out[f"{prefix}gate_auroc"] = float(roc_auc_score(y, gate_mean)) if 0 < y.sum() < len(y) else float("nan")
+    if norm_ratio is not None:
+        out |= {f"{prefix}gate_norm_ratio/{c}": float(norm_ratio[conditions == c].mean()) for c in conds}
     return out

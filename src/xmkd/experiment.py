@@ -38,11 +38,12 @@ import torch
 from xmkd.data.conditions import assign_conditions, benchmark_config
 from xmkd.data.features import FeatureCache
 from xmkd.ddp import DistContext, is_ddp, launch, threads_per_process
-from xmkd.distill import TeacherOutputs, run_distillation, save_checkpoint
+from xmkd.distill import TeacherOutputs, build_models, run_distillation, save_checkpoint
 from xmkd.errors import DataError
 from xmkd.evaluate import classification_metrics, gate_metrics, retrieval_metrics
+from xmkd.methods.base import DistillMethod
 from xmkd.runs import RunConfig, load_run_config
-from xmkd.train import ClipDataset, make_loader, predict, resolve_device
+from xmkd.train import ClipDataset, make_loader, predict, resolve_device, seed_everything
 from xmkd.workers import SEED_WORKER_MODULES, forkserver_context
 
 PROVENANCE = Path("data/benchmark/provenance.parquet")
@@ -145,8 +146,13 @@ def evaluate(
     inputs: np.ndarray,
     teacher: TeacherOutputs,
     conditions: np.ndarray | None,
+    control: torch.nn.Module | None = None,
 ) -> tuple[dict[str, float], np.ndarray]:
     """Test metrics of a trained student (see the module docstring).
+
+    ``control``: the method at its initial weights (untrained MNF gate); when given and the clips have sound
+    conditions, its gate statistics on the same test clips and the same trained student are added with the
+    prefix ``init_`` (:func:`xmkd.evaluate.gate_metrics`).
 
     Multi-clip evaluation: when the student's ``inputs`` are the cache's frames and the cache holds
     ``K = cache.eval_clips > 1`` clips per test video (``features.eval_clips``), each test video is
@@ -165,11 +171,11 @@ def evaluate(
     labels = cache.targets()
     cfg = dataclasses.replace(rc.train, batch_size=rc.evaluate.batch_size)
 
-    def infer(subset: str) -> dict[str, np.ndarray]:
+    def infer(subset: str, m: torch.nn.Module = method) -> dict[str, np.ndarray]:
         ds = ClipDataset(inputs, labels, teacher.embedding, teacher.logits, cache.indices(subset))
-        return predict(student, method, make_loader(ds, cfg, False, 0, device), device, rc.train.amp)
+        return predict(student, m, make_loader(ds, cfg, False, 0, device), device, rc.train.amp)
 
-    def infer_clips(subset: str) -> dict[str, np.ndarray]:
+    def infer_clips(subset: str, m: torch.nn.Module = method) -> dict[str, np.ndarray]:
         assert cache.eval_frames is not None and cache.eval_rows is not None
         rows = cache.eval_rows  # datasets over the rows of eval_frames, one per clip index k
         pos = cache.eval_positions(cache.indices(subset))
@@ -177,7 +183,7 @@ def evaluate(
         per_clip = []
         for k in range(cache.eval_clips):
             ds = ClipDataset(cache.eval_frames[:, k], y, emb, logits_t, pos)
-            per_clip.append(predict(student, method, make_loader(ds, cfg, False, 0, device), device, rc.train.amp))
+            per_clip.append(predict(student, m, make_loader(ds, cfg, False, 0, device), device, rc.train.amp))
         return average_clip_predictions(per_clip)
 
     multi_clip = inputs is cache.frames and getattr(cache, "eval_frames", None) is not None
@@ -194,7 +200,11 @@ def evaluate(
         correct = pred == test["labels"]
         metrics |= {f"top1/{c}": float(correct[cond == c].mean()) for c in sorted(set(cond))}
         if "gate_mean" in test:
-            metrics |= gate_metrics(test["gate_mean"], cond)
+            metrics |= gate_metrics(test["gate_mean"], cond, test.get("gate_norm_ratio"))
+            if control is not None:
+                control.to(device)
+                init = infer_clips("testing", control) if multi_clip else infer("testing", control)
+                metrics |= gate_metrics(init["gate_mean"], cond, init.get("gate_norm_ratio"), prefix="init_")
     return metrics, pred
 
 
@@ -233,7 +243,11 @@ def run_seed(config_path: str, seed: int, threads: int, dist: DistContext | None
         "config": rc.to_json(),
     }
     save_checkpoint(checkpoint_path(rc.name, seed), student, method, meta)
-    metrics, pred = evaluate(student, method, rc, cache, inputs, teacher, conditions)
+    control = None
+    if conditions is not None and type(method).diagnostics is not DistillMethod.diagnostics:
+        seed_everything(seed)  # the same draws as run_distillation: the method exactly as it started training
+        _, control = build_models(rc, cache.num_classes, teacher.embedding.shape[1], len(cache.indices("training")))
+    metrics, pred = evaluate(student, method, rc, cache, inputs, teacher, conditions, control)
     return {
         "seed": seed, "history": history, "train_seconds": train_seconds, "metrics": metrics,
         "pred": pred.astype(np.int64), "start": start, "end": time.time(),

@@ -53,17 +53,15 @@ GATE_COLUMNS = {
     "gate_mean/mismatched": "gate mismatched",
     "gate_auroc": "gate AUROC",
 }
+GATE_CONTROL_COLUMNS = {f"init_{k}": f"untrained {v}" for k, v in GATE_COLUMNS.items()}
+GATE_RATIO_COLUMNS = {
+    **{f"gate_norm_ratio/{c}": f"‖a′‖/‖a‖ {c}" for c in ("clean", "background", "mismatched")},
+    **{f"init_gate_norm_ratio/{c}": f"untrained ‖a′‖/‖a‖ {c}" for c in ("clean", "background", "mismatched")},
+}
 REVERSE_COLUMNS = {"top1": "top-1", "top5": "top-5", "R@1": "R@1", "mAP": "mAP", **CONDITION_COLUMNS}
 ABLATION_COLUMNS = {"top1": "top-1", "top5": "top-5", "R@1": "R@1", "mAP": "mAP"}
 # Metrics that are not fractions (shown as numbers, not percent).
-NON_PERCENT = {
-    "map_queries_without_hit",
-    "train_seconds",
-    "gate_mean/clean",
-    "gate_mean/background",
-    "gate_mean/mismatched",
-    "gate_auroc",
-}
+NON_PERCENT = {"map_queries_without_hit", "train_seconds", *GATE_COLUMNS, *GATE_CONTROL_COLUMNS, *GATE_RATIO_COLUMNS}
 DECIMALS = {"map_queries_without_hit": 1, "train_seconds": 1}  # non-percent metrics not shown with 3 decimals
 PLOTS = ("accuracy.png", "tau0.png", "robustness.png", "ablations.png", "training_curves.png")
 PREFIXES = {"ablation": "ablate", "robustness": "robust", "reverse": "reverse"}
@@ -805,11 +803,27 @@ def markdown(a: Analysis) -> str:
             "### MNF gate",
             "",
             "Mean gate value per audio condition (not %) and AUROC of clean vs irrelevant "
-            "sound from the gate (0.5 = chance).",
+            "sound from the gate (0.5 = chance). No loss term trains the gate to tell irrelevant sound apart "
+            "(only CSC, MNF's classifier, the triplet and L1 terms reach it), so read it against the control: "
+            "the same statistics of the untrained gate (the MNF module at its initial weights, on the same "
+            "trained student and test clips).",
             "",
             metric_table(a, gated, GATE_COLUMNS, row_name="run"),
             "",
         ]
+        controlled = [r for r in gated if (r.spec.name, "init_gate_auroc") in a.estimates]
+        if controlled:
+            L += [
+                "Untrained gate (control):",
+                "",
+                metric_table(a, controlled, GATE_CONTROL_COLUMNS, row_name="run"),
+                "",
+                "Share of the teacher embedding that passes the gate, ‖a′‖/‖a‖ = ‖g ⊙ a‖/‖a‖ (1 = all of it), "
+                "trained and untrained:",
+                "",
+                metric_table(a, controlled, GATE_RATIO_COLUMNS, row_name="run"),
+                "",
+            ]
     L += _paired_section(a)
     L += _ablation_section(a)
     L += _tau0_section(a)

@@ -211,8 +211,10 @@ class MNFCSC(DistillMethod):
         return terms
 
     def diagnostics(self, student: StudentOutput, teacher: TeacherBatch) -> dict[str, torch.Tensor]:
-        """``gate_mean`` (B,): mean of MNF's gate g per clip (how much teacher audio passes); none without MNF."""
+        """Per clip (B,): ``gate_mean``, the mean of MNF's gate g, and ``gate_norm_ratio`` = ‖g ⊙ a‖ / ‖a‖,
+        the share of the teacher embedding that passes; none without MNF."""
         if self.mnf is None:
             return {}
         out = self.mnf(teacher.embedding, student.feature_map)
-        return {"gate_mean": out.gate.mean(dim=1)}
+        ratio = out.selected_audio.float().norm(dim=1) / out.audio.float().norm(dim=1).clamp_min(1e-12)
+        return {"gate_mean": out.gate.mean(dim=1), "gate_norm_ratio": ratio}
