@@ -19,6 +19,7 @@ from xmkd.data.features import FeatureCache
 from xmkd.ddp import DistContext
 from xmkd.errors import DataError
 from xmkd.methods import Dims, DistillMethod, build_method
+from xmkd.methods.base import UNLABELLED
 from xmkd.models.student import build_student
 from xmkd.runs import RunConfig
 from xmkd.train import ClipDataset, make_loader, resolve_device, seed_everything, train
@@ -63,6 +64,32 @@ def build_models(
     return student, build_method(rc.method, dims, rc.sections)
 
 
+def few_labels(labels: np.ndarray, train_idx: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The labels the student trains with: ``labels`` with all but a per-class share of the training rows
+    set to :data:`~xmkd.methods.base.UNLABELLED` (the few-labels regime, ``train.label_fraction``).
+
+    Args:
+        labels: (N,) int64 class of every cache row; train_idx: rows of the training subset.
+        fraction: in (0, 1]; each class keeps ``max(1, round(fraction * n_c))`` labelled training clips.
+        seed: seed of the (per-class, uniformly random) choice; the same for every run and seed.
+
+    Returns:
+        (N,) int64, a copy; rows outside ``train_idx`` keep their labels (validation and test are evaluated
+        with their labels). ``fraction == 1`` returns the labels unchanged.
+    """
+    out = np.asarray(labels, dtype=np.int64).copy()
+    if fraction >= 1:
+        return out
+    rng = np.random.default_rng(seed)
+    train_idx = np.sort(np.asarray(train_idx))
+    for c in np.unique(out[train_idx]):
+        rows = train_idx[out[train_idx] == c]
+        keep = max(1, int(np.floor(fraction * len(rows) + 0.5)))
+        drop = rng.permutation(rows)[keep:]
+        out[drop] = UNLABELLED
+    return out
+
+
 def run_distillation(
     rc: RunConfig,
     seed: int,
@@ -90,9 +117,11 @@ def run_distillation(
     labels = cache.targets()
     train_idx = cache.indices("training")
     student, method = build_models(rc, cache.num_classes, teacher.embedding.shape[1], len(train_idx))
+    seen = few_labels(labels, train_idx, rc.train.label_fraction, rc.train.label_seed)  # = labels when all are kept
 
     def subset(name: str) -> ClipDataset:
-        return ClipDataset(cache.frames if inputs is None else inputs, labels, teacher.embedding, teacher.logits, cache.indices(name))
+        y = seen if name == "training" else labels
+        return ClipDataset(cache.frames if inputs is None else inputs, y, teacher.embedding, teacher.logits, cache.indices(name))
 
     if dist is None:
         train_loader = make_loader(subset("training"), rc.train, shuffle=True, seed=seed, device=device)

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from xmkd.ddp import DistContext, average_floating_buffers_, average_grads_, broadcast_float, reduce_epoch_sums
 from xmkd.errors import TrainingError
-from xmkd.methods.base import DistillMethod, TeacherBatch
+from xmkd.methods.base import DistillMethod, TeacherBatch, labelled_cross_entropy
 from xmkd.models.student import StudentOutput
 
 
@@ -67,6 +67,11 @@ class TrainConfig:
             ``port .. port + len(seeds) - 1`` must be free there (one rendezvous per seed). None on one node.
         backend: DDP communication backend: ``auto`` (``nccl`` on CUDA, ``gloo`` on the CPU), ``gloo`` or
             ``nccl``.
+        label_fraction: share of the training clips whose label the student sees (1 = all, the default;
+            < 1 = the few-labels regime: every clip keeps its sound and teacher outputs, cross-entropy and each
+            method's label terms use the labelled clips only). The labelled clips are the same for every seed
+            and method: ``round(label_fraction * n_c)`` (at least 1) per class, drawn with ``label_seed``.
+        label_seed: seed of that draw.
     """
 
     epochs: int = 10
@@ -84,8 +89,12 @@ class TrainConfig:
     nnodes: int = 1
     rdzv_endpoint: str | None = None
     backend: Literal["auto", "gloo", "nccl"] = "auto"
+    label_fraction: float = 1.0
+    label_seed: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 < self.label_fraction <= 1:
+            raise ValueError(f"train.label_fraction must be in (0, 1] (1 = every clip labelled), got {self.label_fraction}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("train.epochs and train.batch_size must be >= 1")
         if self.num_threads < 0 or self.seed_workers < 0:
@@ -321,7 +330,7 @@ def train(
             with _autocast(device, cfg.amp):
                 s: StudentOutput = model(inputs)
                 terms = method.loss(s, TeacherBatch(emb, logits_t, index), y)
-                ce = method.ce_weight * F.cross_entropy(s.logits.float(), y)
+                ce = method.ce_weight * labelled_cross_entropy(s.logits.float(), y)
             student_terms = {"ce": ce, **terms.student}
             for name, value in {**student_terms, **terms.heads_only}.items():
                 v = float(value.detach())
@@ -347,12 +356,14 @@ def train(
                 average_floating_buffers_(student)  # BN running statistics, equal on every rank
                 method.sync_buffers()
             n_seen += len(y)
-            n_correct += int((s.logits.argmax(1) == y).sum())
+            n_correct += int((s.logits.argmax(1) == y).sum())  # never true for an unlabelled clip (-1)
+            sums["_labelled"] += float((y >= 0).sum())  # summed like the losses (and over ranks)
         if dist is not None:
             sums, n_seen, n_correct = reduce_epoch_sums(sums, n_seen, n_correct, device)
+        labelled = sums.pop("_labelled")
         metrics = {k: v / n_seen for k, v in sums.items()}
         metrics["loss/total"] = sum(v for k, v in metrics.items() if k.startswith("loss/"))
-        metrics["train_top1"] = n_correct / n_seen
+        metrics["train_top1"] = n_correct / max(labelled, 1.0)  # over the labelled training clips
         metrics["lr"] = epoch_lr  # the rate of the epoch's last step
         metrics["seconds"] = time.perf_counter() - t0
         if val_loader is not None:

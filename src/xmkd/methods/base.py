@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from xmkd.config import parse_section
@@ -130,6 +131,36 @@ class DistillMethod(nn.Module):
         for its own clips (CRD gathers every rank's updates in its loss instead; see :mod:`xmkd.methods.crd`).
         """
         average_floating_buffers_(self)
+
+
+UNLABELLED = -1  #: the label of a training clip without one (``train.label_fraction`` < 1, the few-labels regime)
+
+
+def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over the labelled rows of a batch (``labels >= 0``).
+
+    Args:
+        logits: (B, C); labels: (B,) int64, :data:`UNLABELLED` for a clip without a label.
+
+    Returns:
+        Scalar; 0 (still part of the graph) when no row of the batch is labelled.
+    """
+    m = labels >= 0
+    if bool(m.all()):
+        return F.cross_entropy(logits, labels)
+    if not bool(m.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[m], labels[m])
+
+
+def positive_mask(labels: torch.Tensor) -> torch.Tensor:
+    """(B, B) bool: pairs (i, j) with the same label, both labelled, or i = j.
+
+    An unlabelled clip (:data:`UNLABELLED`) is a positive of its own pair only (instance discrimination),
+    and a negative of every other clip; with every clip labelled this is the usual equal-label mask.
+    """
+    same = (labels[:, None] == labels[None, :]) & (labels[:, None] >= 0)
+    return same | torch.eye(len(labels), dtype=torch.bool, device=labels.device)
 
 
 _REGISTRY: dict[str, type[DistillMethod]] = {}

@@ -83,7 +83,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmkd.methods.base import DistillMethod, Dims, LossTerms, TeacherBatch, register
+from xmkd.methods.base import (
+    DistillMethod, Dims, LossTerms, TeacherBatch, labelled_cross_entropy, positive_mask, register,
+)  # fmt: skip
 from xmkd.models.student import StudentOutput
 
 NCE_EPS = 1e-10  # added inside both logs, as in the reference NCELoss
@@ -166,7 +168,7 @@ def nce_loss(x: torch.Tensor, x2: torch.Tensor, labels: torch.Tensor, temperatur
     with torch.autocast(device_type=x.device.type, enabled=False):  # float32: 1 - P needs the precision
         x, x2 = F.normalize(x.float(), dim=1), F.normalize(x2.float(), dim=1)
         p = torch.softmax(x @ x2.T / temperature, dim=1)  # (B, B)
-        pos = (labels[:, None] == labels[None, :]).to(p.dtype)
+        pos = positive_mask(labels).to(p.dtype)  # unlabelled clips: their own pair only
         neg = 1.0 - pos
         pos_term = -(torch.log(p + NCE_EPS) * pos).sum(1) / pos.sum(1)
         neg_term = -(torch.log(1.0 - p + NCE_EPS) * neg).sum(1) / neg.sum(1).clamp_min(1.0)
@@ -235,7 +237,7 @@ class CCL(DistillMethod):
         terms.student["ct_va"] = w * symmetric_nce(v_t, a, labels, tau)
         if c.divergence_weight:
             terms.student["div"] = c.divergence_weight * divergence_loss(student.logits.float(), z_f, c.divergence)
-        terms.heads_only["ce_comp"] = c.composed_ce_weight * F.cross_entropy(z_f, labels)
+        terms.heads_only["ce_comp"] = c.composed_ce_weight * labelled_cross_entropy(z_f, labels)
         terms.heads_only["ct_ma"] = w * symmetric_nce(f, a, labels, tau)
         if c.head_gradient == "reference":  # the head's second copy of L_vm and L_div (module docstring)
             terms.heads_only["ct_vm_head"] = terms.student["ct_vm"]

@@ -39,7 +39,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from xmkd.methods.base import DistillMethod, Dims, LossTerms, TeacherBatch, register
+from xmkd.methods.base import (
+    DistillMethod, Dims, LossTerms, TeacherBatch, labelled_cross_entropy, positive_mask, register,
+)  # fmt: skip
 from xmkd.models.mnf import ModalityNoiseFilter
 from xmkd.models.student import StudentOutput
 
@@ -126,7 +128,7 @@ def csc_loss(
         t = tau.float() if isinstance(tau, torch.Tensor) else tau
         logits = cosine_matrix(v.float(), v_sel.float()) / t  # (B, B)
         log_p = torch.log(torch.softmax(logits, dim=1) + CSC_EPS)
-        mask = (labels[:, None] == labels[None, :]).to(logits.dtype)  # (B, B), diagonal always 1
+        mask = positive_mask(labels).to(logits.dtype)  # (B, B), diagonal always 1; unlabelled: itself only
         return (-(log_p * mask).sum(1) / mask.sum(1)).mean()
 
 
@@ -197,7 +199,7 @@ class MNFCSC(DistillMethod):
         terms = LossTerms()
         if c.weight:
             terms.student["csc"] = c.weight * csc_loss(v, out.feature, labels, tau)
-        terms.heads_only["ce_mnf"] = m.ce_weight * F.cross_entropy(out.logits, labels)
+        terms.heads_only["ce_mnf"] = m.ce_weight * labelled_cross_entropy(out.logits, labels)
         if m.triplet:
             terms.heads_only["triplet"] = triplet_loss(v, out.audio, out.selected_audio, m.triplet_margin)
         if m.gate_norm_weight:
@@ -206,7 +208,7 @@ class MNFCSC(DistillMethod):
             "gate_mean": out.gate.mean().item(),
             "tau_mean": tau.mean().item(),
             "tau_nonpositive_frac": (tau <= 0).float().mean().item(),
-            "mnf_acc": (out.logits.argmax(1) == labels).float().mean().item(),
+            "mnf_acc": (out.logits.argmax(1) == labels).float().mean().item(),  # unlabelled clips count as wrong
         }
         return terms
 
