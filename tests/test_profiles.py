@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 PAPER = {
     "student.arch": "r2plus1d_ref",
+    "benchmark.n_train": 4000,
     "features.frames": 16,
     "features.size": 112,
     "features.eval_clips": 3,
@@ -25,6 +26,7 @@ PAPER = {
     "train.weight_decay": 0.0005,
     "train.epochs": 200,
     "train.milestones": [150],
+    "train.label_fraction": 1.0,
     "csc.temperature": 0.07,
 }
 
@@ -47,6 +49,9 @@ def test_paper_profile_has_the_papers_setting(params: dict) -> None:
 def test_paper_overrides_are_hydra_syntax() -> None:
     assert to_overrides(load_profile("paper", ROOT)) == [
         "student.arch=r2plus1d_ref",
+        "benchmark.n_train=4000",
+        "benchmark.frames=8",
+        "benchmark.fps=8",
         "features.frames=16",
         "features.size=112",
         "features.eval_clips=3",
@@ -55,6 +60,7 @@ def test_paper_overrides_are_hydra_syntax() -> None:
         "train.weight_decay=0.0005",
         "train.epochs=200",
         "train.milestones=[150]",
+        "train.label_fraction=1.0",
         "csc.temperature=0.07",
     ]
 
@@ -164,11 +170,11 @@ def test_cli_run_with_two_profiles_names_the_experiment_after_both(
 ) -> None:
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv("DVC_ROOT", raising=False)
-    monkeypatch.setattr("xmkd.profiles.load_profile", lambda n, root=None: {"a": {"train": {"epochs": 2}},
+    monkeypatch.setattr("xmkd.profiles.load_profile", lambda n, root=None: {"a": {"train": {"epochs": 40}},
                                                                             "b": {"train": {"lr": 0.2}}}[n])
     assert main(["run", "a", "b", "--dry-run"]) == 0
     cmd = capsys.readouterr().out
-    assert " exp run -n a-b -S train.epochs=2 -S train.lr=0.2" in cmd
+    assert " exp run -n a-b -S train.epochs=40 -S train.lr=0.2" in cmd
 
 
 def test_a_profile_removes_keys_and_dvc_applies_the_removal(tmp_path: Path, params: dict) -> None:
@@ -205,3 +211,27 @@ def test_quick_profile_is_a_valid_smaller_comparison(params: dict) -> None:
     assert any(name.startswith("tau0_") for name in merged["ablations"])
     assert set(merged["robustness"]["rates"]) - {merged["benchmark"]["irrelevant_rate"]}
     assert merged["robustness"]["methods"] and merged["reverse"]["methods"]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml")))
+def test_every_shipped_profile_validates_strictly(name: str) -> None:
+    """A profile whose key drifted from params.yaml (renamed, removed) fails here, not in a user's run."""
+    check(name, root=ROOT, strict=True)
+
+
+def test_quick_profile_shows_its_own_premise_check(params: dict) -> None:
+    """The premise check needs kd and none at irrelevant rate 0: quick runs kd there (README, "Quick start")."""
+    _, merged = check("quick", root=ROOT, strict=True)
+    assert 0.0 in merged["robustness"]["rates"] and "kd" in merged["robustness"]["methods"]
+    assert merged["train"] == params["train"]  # the default regime's schedule and label fraction
+
+
+def test_default_is_the_few_labels_regime_and_all_labels_is_a_profile(params: dict) -> None:
+    assert 0 < params["train"]["label_fraction"] < 1
+    _, merged = check("all_labels", root=ROOT, strict=True)
+    assert merged["train"]["label_fraction"] == 1.0
+    assert {k: v for k, v in merged["train"].items() if k != "label_fraction"} == {
+        k: v for k, v in params["train"].items() if k != "label_fraction"
+    }
+    for paper_setting in ("paper", "ucf51"):
+        assert merge(params, load_profile(paper_setting, ROOT))["train"]["label_fraction"] == 1.0

@@ -305,6 +305,13 @@ def test_ablation_tau0_robustness_reverse_tables(built: tuple[Path, dict[str, An
     assert "none uses no teacher, so its student is the same at every rate" in rob
     assert "kd goes from 84.0 ± 1.0 [81.5, 86.5] % top-1 at irrelevant rate 0 to 71.0" in md and "(-13.0 pp" in md
     assert "fewer than two such baselines" in rob  # only crd is a non-trivial baseline in the fixture
+    # distillation's gain over none per rate (paired over seeds): kd +2.0 / -3.0 / -11.0, mnf_csc +5.0 / +4.0 / +2.0
+    assert "| kd | +2.0 [-0.5, +4.5] | -3.0 [-5.5, -0.5] | -11.0 [-13.5, -8.5] |" in rob
+    assert "| mnf_csc | +5.0 [+2.5, +7.5] | +4.0 [+1.5, +6.5] | +2.0 [-0.5, +4.5] |" in rob
+    assert "| mnf_csc − kd | +3.0 [+3.0, +3.0] win | +7.0 [+7.0, +7.0] win | +13.0 [+13.0, +13.0] win |" in rob
+    assert "kd +2.0 [-0.5, +4.5] -> -11.0 [-13.5, -8.5] pp (below none: all of it lost)" in md
+    assert "mnf_csc +5.0 [+2.5, +7.5] -> +2.0 [-0.5, +4.5] pp (keeps 40% of it)" in md
+    assert "At irrelevant rate 0.6, mnf_csc against kd: +13.0 pp [+13.0, +13.0] (win)." in md
     rev = _section(md, "## Reverse direction")
     assert "| none | 62.0 ± 2.0 [57.0, 67.0] |" in rev and "| kd | 66.0 ± 1.0" in rev and "top-1 clean" in rev
     assert "Video teacher (frozen) on the same test clips: test_top1 82.3%" in rev
@@ -330,6 +337,10 @@ def test_csv_and_summary_outputs(built: tuple[Path, dict[str, Any]]) -> None:
     assert summary["main"]["none/top1"] == pytest.approx(0.82) and "fitnet/top1" not in summary["main"]
     assert summary["robustness"] == pytest.approx(
         {"none/0": 0.82, "none/0.3": 0.82, "none/0.6": 0.82, "kd/0": 0.84, "kd/0.3": 0.79, "kd/0.6": 0.71, "mnf_csc/0": 0.87, "mnf_csc/0.3": 0.86, "mnf_csc/0.6": 0.84}
+    )
+    assert summary["gain"] == pytest.approx(
+        {"kd-none/0": 0.02, "kd-none/0.3": -0.03, "kd-none/0.6": -0.11, "mnf_csc-none/0": 0.05, "mnf_csc-none/0.3": 0.04}
+        | {"mnf_csc-none/0.6": 0.02, "mnf_csc-kd/0": 0.03, "mnf_csc-kd/0.3": 0.07, "mnf_csc-kd/0.6": 0.13}
     )
     assert summary["reverse"] == pytest.approx({"none/top1": 0.62, "kd/top1": 0.66})
     assert summary["ablation"]["no_mnf/delta_top1"] == pytest.approx(-0.06)

@@ -414,6 +414,8 @@ class Analysis:
     teacher: dict[str, Any] | None
     video_teacher: dict[str, Any] | None
     premise: Premise | None = None
+    gains: dict[tuple[str, float], stats.PairedDifference] = field(default_factory=dict)
+    versus: dict[tuple[str, float], stats.PairedDifference] = field(default_factory=dict)
 
     def est(self, run: RunData | str, metric: str) -> stats.Estimate:
         """:class:`~xmkd.stats.Estimate` of ``metric`` over the seeds of ``run`` (all NaN if unknown)."""
@@ -509,6 +511,7 @@ def analyse(specs: Sequence[RunSpecLike], cfg: ReportConfig, layout: Layout) -> 
             if r.spec.method == m:
                 a.robust_grid[(m, _rate_key(a.rates, r.rate))] = r
     a.premise = premise_check(a, cfg, layout)
+    a.gains, a.versus = gain_grid(a)
     rn, rm = _by_method(a.reverse, "none"), _by_method(a.reverse, "mnf_csc")
     if rn is not None and rm is not None:
         a.reverse_diff = stats.paired_difference(
@@ -556,6 +559,73 @@ def premise_check(a: Analysis, cfg: ReportConfig, layout: Layout, rate: float = 
         )  # fmt: skip
     holds = any(d.seed_verdict == stats.WIN and d.bootstrap_verdict == stats.WIN for d in diffs.values())
     return Premise(rate, diffs, best.spec.method if best else None, holds)
+
+
+def gain_grid(
+    a: Analysis,
+) -> tuple[dict[tuple[str, float], stats.PairedDifference], dict[tuple[str, float], stats.PairedDifference]]:
+    """Distillation's gain over ``none`` at every irrelevant rate, and MNF+CSC against each other method.
+
+    The question of Xia et al. (arXiv 2304.07775) as numbers: does MNF+CSC keep more of what distillation
+    gives (its top-1 gain over the student alone on clean sound) than kd and the baselines as irrelevant sound
+    grows?
+
+    Returns:
+        ``gains``: (method, rate) -> ``method − none`` on top-1, paired over seeds (``none`` uses no teacher, so
+        its main run is the reference at every rate), for every robustness method that uses a teacher;
+        ``versus``: (method, rate) -> ``mnf_csc − method`` at that rate, paired over seeds (same seeds, same
+        videos). Both empty when there are no robustness runs or no ``none``.
+    """
+    gains: dict[tuple[str, float], stats.PairedDifference] = {}
+    versus: dict[tuple[str, float], stats.PairedDifference] = {}
+    none = a.none
+    if none is None or not a.robust:
+        return gains, versus
+    methods = [m for m in a.robust_methods if m not in a.cfg.teacher_free]
+    for (m, rate), run in sorted(a.robust_grid.items(), key=lambda kv: (methods.index(kv[0][0]) if kv[0][0] in methods else -1, kv[0][1])):
+        if m not in methods:
+            continue
+        gains[(m, rate)] = stats.paired_difference(
+            run.per_seed("top1"), none.per_seed("top1"), (m, "none"), "top1", a.cfg.confidence
+        )
+        mnf = a.robust_grid.get(("mnf_csc", rate))
+        if m != "mnf_csc" and mnf is not None:
+            versus[(m, rate)] = stats.paired_difference(
+                mnf.per_seed("top1"), run.per_seed("top1"), ("mnf_csc", m), "top1", a.cfg.confidence
+            )
+    return gains, versus
+
+
+def _kept(a: Analysis, m: str, lo: float, hi: float) -> str:
+    """``+5.0 [..] -> +2.0 [..] pp (keeps 40% of it)``: the gain at ``lo`` and at ``hi`` and the share kept."""
+    g0, g1 = a.gains.get((m, lo)), a.gains.get((m, hi))
+    if g0 is None or g1 is None:
+        return DASH
+    e0, e1 = g0.seed_estimate, g1.seed_estimate
+    share = ""
+    if e0.mean > 0 and math.isfinite(e1.mean):
+        share = f" (keeps {100 * e1.mean / e0.mean:.0f}% of it)" if e1.mean >= 0 else " (below none: all of it lost)"
+    return f"{fmt_pp(e0.mean)} {fmt_interval(e0)} -> {fmt_pp(e1.mean)} {fmt_interval(e1)} pp{share}"
+
+
+def _gain_sentences(a: Analysis) -> list[str]:
+    """The summary's answer to the paper's question: the gain over none kept from the lowest to the highest rate."""
+    if not a.gains or len(a.rates) < 2:
+        return []
+    lo, hi = a.rates[0], a.rates[-1]
+    methods = list(dict.fromkeys(m for m, _ in a.gains))
+    out = [
+        f"Distillation's gain over none on top-1 (paired over seeds) from irrelevant rate {lo:g} to {hi:g}: "
+        + "; ".join(f"{m} {_kept(a, m, lo, hi)}" for m in methods) + "."
+    ]  # fmt: skip
+    vs = [(m, d) for (m, rate), d in a.versus.items() if math.isclose(rate, hi, abs_tol=1e-9)]
+    if vs:
+        out.append(
+            f"At irrelevant rate {hi:g}, mnf_csc against "
+            + "; ".join(f"{m}: {fmt_pp(d.seed_estimate.mean)} pp {fmt_interval(d.seed_estimate)} ({d.seed_verdict})" for m, d in vs)
+            + "."
+        )  # fmt: skip
+    return out
 
 
 def _premise_sentence(p: Premise | None) -> str:
@@ -684,6 +754,7 @@ def summary_lines(a: Analysis) -> list[str]:
         else:
             out.append("No ablation lowers the mean top-1 of mnf_csc.")
     out += _robustness_sentences(a)
+    out += _gain_sentences(a)
     if a.reverse:
         best = max(a.reverse, key=lambda r: _mean(a, r))
         s = f"Reverse direction (video teacher -> audio student): best top-1 **{best.spec.label}**, {fmt_est(a.est(best, 'top1'))} %"
@@ -966,7 +1037,41 @@ def _robustness_section(a: Analysis) -> list[str]:
             cells.append(fmt_est(a.est(r, "top1")) if r is not None else f"{DASH} (not a main run)")
         rows.append([m] + cells)
     L += [_table(["method"] + [f"rate {x:g}" for x in a.rates], rows), ""]
+    L += _gain_tables(a)
     return L + [_robust_check(a), ""]
+
+
+def _gain_tables(a: Analysis) -> list[str]:
+    """Gain over none per rate, and mnf_csc − each method per rate (pp, paired over seeds)."""
+    if not a.gains:
+        return []
+
+    def cell(d: stats.PairedDifference) -> str:
+        return f"{fmt_pp(d.seed_estimate.mean)} {fmt_interval(d.seed_estimate)}"
+
+    methods = list(dict.fromkeys(m for m, _ in a.gains))
+    header = [f"rate {x:g}" for x in a.rates]
+    rows = [[m] + [cell(d) if (d := a.gains.get((m, x))) else DASH for x in a.rates] for m in methods]
+    L = [
+        "**Distillation's gain over none** (method − none on top-1, pp, paired over seeds [95% t interval]): how much",
+        "of what the teacher gives on clean sound each method keeps as irrelevant sound grows.",
+        "",
+        _table(["method", *header], rows),
+        "",
+    ]
+    others = list(dict.fromkeys(m for m, _ in a.versus))
+    if others:
+        rows = [
+            [f"mnf_csc − {m}"] + [f"{cell(d)} {d.seed_verdict}" if (d := a.versus.get((m, x))) else DASH for x in a.rates]
+            for m in others
+        ]
+        L += [
+            "**MNF+CSC against each method at each rate** (pp, paired over seeds [95% t interval], verdict):",
+            "",
+            _table(["difference", *header], rows),
+            "",
+        ]
+    return L
 
 
 def _reverse_section(a: Analysis) -> list[str]:
@@ -1062,6 +1167,9 @@ def headline(a: Analysis) -> dict[str, dict[str, float | None]]:
         }
     if robust:
         out["robustness"] = robust
+    if a.gains:
+        out["gain"] = {f"{m}-none/{rate:g}": _r(d.seed_estimate.mean) for (m, rate), d in a.gains.items()}
+        out["gain"] |= {f"mnf_csc-{m}/{rate:g}": _r(d.seed_estimate.mean) for (m, rate), d in a.versus.items()}
     if a.reverse:
         out["reverse"] = {f"{r.spec.label}/top1": _r(a.est(r, "top1").mean) for r in a.reverse}
     return out
