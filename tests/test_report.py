@@ -309,7 +309,7 @@ def test_ablation_tau0_robustness_reverse_tables(built: tuple[Path, dict[str, An
     assert "| kd | +2.0 [-0.5, +4.5] | -3.0 [-5.5, -0.5] | -11.0 [-13.5, -8.5] |" in rob
     assert "| mnf_csc | +5.0 [+2.5, +7.5] | +4.0 [+1.5, +6.5] | +2.0 [-0.5, +4.5] |" in rob
     assert "| mnf_csc − kd | +3.0 [+3.0, +3.0] win | +7.0 [+7.0, +7.0] win | +13.0 [+13.0, +13.0] win |" in rob
-    assert "kd +2.0 [-0.5, +4.5] -> -11.0 [-13.5, -8.5] pp (below none: all of it lost)" in md
+    assert "kd +2.0 [-0.5, +4.5] -> -11.0 [-13.5, -8.5] pp (no significant gain at the first rate: nothing to keep)" in md
     assert "mnf_csc +5.0 [+2.5, +7.5] -> +2.0 [-0.5, +4.5] pp (keeps 40% of it)" in md
     assert "At irrelevant rate 0.6, mnf_csc against kd: +13.0 pp [+13.0, +13.0] (win)." in md
     rev = _section(md, "## Reverse direction")

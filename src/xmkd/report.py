@@ -597,13 +597,20 @@ def gain_grid(
 
 
 def _kept(a: Analysis, m: str, lo: float, hi: float) -> str:
-    """``+5.0 [..] -> +2.0 [..] pp (keeps 40% of it)``: the gain at ``lo`` and at ``hi`` and the share kept."""
+    """``+5.0 [..] -> +2.0 [..] pp (keeps 40% of it)``: the gain at ``lo`` and at ``hi`` and the share kept.
+
+    The share is stated only when the gain at ``lo`` is a win over seeds (a ratio to a gain that may be zero
+    means nothing).
+    """
     g0, g1 = a.gains.get((m, lo)), a.gains.get((m, hi))
     if g0 is None or g1 is None:
         return DASH
     e0, e1 = g0.seed_estimate, g1.seed_estimate
-    share = ""
-    if e0.mean > 0 and math.isfinite(e1.mean):
+    if g0.seed_verdict != stats.WIN:
+        share = " (no significant gain at the first rate: nothing to keep)"
+    elif not math.isfinite(e1.mean):
+        share = ""
+    else:
         share = f" (keeps {100 * e1.mean / e0.mean:.0f}% of it)" if e1.mean >= 0 else " (below none: all of it lost)"
     return f"{fmt_pp(e0.mean)} {fmt_interval(e0)} -> {fmt_pp(e1.mean)} {fmt_interval(e1)} pp{share}"
 
