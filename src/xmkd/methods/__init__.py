@@ -1,18 +1,12 @@
-"""Distillation methods, one file each, registered by name (see :mod:`xmkd.methods.base`)."""
+"""Distillation methods, one file each, registered by name (see :mod:`xmkd.methods.base`).
 
-from xmkd.methods import (  # noqa: F401  (importing a module registers its method)
-    cc,
-    ccl,
-    cmc,
-    crd,
-    fitnet,
-    kd,
-    mnf_csc,
-    none,
-    pkt,
-    rkd,
-    xkd,
-)
+Every module of this package is imported here, so its ``@register`` runs: a new method is one file in
+``src/xmkd/methods/`` (plus its params section), found by discovery, with no list to edit.
+"""
+
+import importlib
+import pkgutil
+
 from xmkd.methods.base import (
     Dims,
     DistillMethod,
@@ -36,3 +30,7 @@ __all__ = [
     "method_config",
     "register",
 ]
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _module != "base":
+        importlib.import_module(f"{__name__}.{_module}")  # importing a module registers its method

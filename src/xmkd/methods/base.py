@@ -6,8 +6,9 @@ terms in two groups (see :class:`LossTerms`). One generic loop (:mod:`xmkd.train
 method, so all methods share the student, optimiser, schedule, data and seeds.
 
 To add a method: write ``src/xmkd/methods/<name>.py`` with a subclass decorated by
-``@register("<name>")`` and import it in ``xmkd/methods/__init__.py``; give its hyper-parameters a
-params.yaml section and list that section in ``sections``.
+``@register("<name>")`` (``xmkd/methods/__init__.py`` imports every module of the package, so it is found);
+give its hyper-parameters a params.yaml section, list that section in ``sections`` and in the params of the
+``resolve_configs`` stage in dvc.yaml, and name the method in ``methods``.
 """
 
 from __future__ import annotations
