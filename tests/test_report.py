@@ -437,6 +437,13 @@ def test_one_seed_and_robustness_check(tmp_path: Path) -> None:
     assert "No ablation runs in params.yaml" in md and "No τ0 sweep" in md
     assert "Reverse direction (video teacher -> audio student): best top-1 **none**, 60.0 (1 seed" in md
     assert "Reverse direction, mnf_csc − none on top-1: -5.0 pp (one seed: no interval over seeds" in md
+    # more robustness baselines than the best two: fine, as long as the best two are among them
+    more = [*specs[:5], Spec("rkd", "main", "rkd", "rkd"), *specs[5:]]
+    more += [Spec("robust-rkd-0.6", "robustness", "rkd", "rkd", 0.6)]
+    write_fixture(tmp_path, more, top1 | {"rkd": [0.5] * 3, "robust-rkd-0.6": [0.6] * 3})
+    build_report(more, ReportConfig(seeds=(0,), base_rate=0.3, base_tau0=0.07), Layout(tmp_path))
+    md3 = (tmp_path / "reports/results.md").read_text()
+    assert "the robustness runs use crd, pkt, rkd, which **include** the two best baselines" in md3
     assert summary["paired"]["mnf_csc-none_top1_ci_low"] is None
     for name in ("tau0.png", "ablations.png"):  # sections absent from params still give a (labelled) PNG
         assert (tmp_path / "reports" / name).stat().st_size > 1000

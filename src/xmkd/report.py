@@ -828,6 +828,11 @@ def _robust_check(a: Analysis) -> str:
         )
     if set(picked) == set(top):
         return f"Check: the robustness runs use {', '.join(picked)}, which **are** the two best baselines of the main table ({tops})."
+    if set(top) <= set(picked):
+        return (
+            f"Check: the robustness runs use {', '.join(picked)}, which **include** the two best baselines of the main "
+            f"table ({tops})."
+        )
     return (
         f"Check: the robustness runs use {', '.join(picked) or 'no baseline'}, but the two best baselines of the main "
         f"table (other than none, kd, mnf_csc) are {tops}: they **are not** the same; update `robustness.methods`."
