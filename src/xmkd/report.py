@@ -581,18 +581,18 @@ def gain_grid(
     none = a.none
     if none is None or not a.robust:
         return gains, versus
-    methods = [m for m in a.robust_methods if m not in a.cfg.teacher_free]
-    for (m, rate), run in sorted(a.robust_grid.items(), key=lambda kv: (methods.index(kv[0][0]) if kv[0][0] in methods else -1, kv[0][1])):
-        if m not in methods:
-            continue
-        gains[(m, rate)] = stats.paired_difference(
-            run.per_seed("top1"), none.per_seed("top1"), (m, "none"), "top1", a.cfg.confidence
-        )
-        mnf = a.robust_grid.get(("mnf_csc", rate))
-        if m != "mnf_csc" and mnf is not None:
-            versus[(m, rate)] = stats.paired_difference(
-                mnf.per_seed("top1"), run.per_seed("top1"), ("mnf_csc", m), "top1", a.cfg.confidence
-            )
+
+    def diff(x: RunData, y: RunData, names: tuple[str, str]) -> stats.PairedDifference:
+        return stats.paired_difference(x.per_seed("top1"), y.per_seed("top1"), names, "top1", a.cfg.confidence)
+
+    for m in (m for m in a.robust_methods if m not in a.cfg.teacher_free):
+        for rate in a.rates:
+            run, mnf = a.robust_grid.get((m, rate)), a.robust_grid.get(("mnf_csc", rate))
+            if run is None:
+                continue
+            gains[(m, rate)] = diff(run, none, (m, "none"))
+            if m != "mnf_csc" and mnf is not None:
+                versus[(m, rate)] = diff(mnf, run, ("mnf_csc", m))
     return gains, versus
 
 

@@ -90,6 +90,15 @@ def instance_level_loss(student_logits: torch.Tensor, teacher_logits: torch.Tens
     return (log_pt.exp() * (log_pt - log_ps)).sum(dim=1).mean() * t * t
 
 
+def _softened(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P_s, P_t) = softmax(z / T) in fp32, both (B, C); the teacher's treated as constants."""
+    ps = F.softmax(student_logits.float() / temperature, dim=1)
+    pt = F.softmax(teacher_logits.detach().float() / temperature, dim=1)
+    return ps, pt
+
+
 def batch_level_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """MLLD batch-level alignment ``‖P_t P_tᵀ - P_s P_sᵀ‖²_F / B`` with P = softmax(z / T) (CVPR 2023).
 
@@ -101,8 +110,7 @@ def batch_level_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     Returns:
         Scalar tensor.
     """
-    ps = F.softmax(student_logits.float() / temperature, dim=1)
-    pt = F.softmax(teacher_logits.detach().float() / temperature, dim=1)
+    ps, pt = _softened(student_logits, teacher_logits, temperature)
     diff = pt @ pt.T - ps @ ps.T  # (B, B)
     return diff.pow(2).sum() / ps.shape[0]
 
@@ -118,8 +126,7 @@ def class_level_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     Returns:
         Scalar tensor.
     """
-    ps = F.softmax(student_logits.float() / temperature, dim=1)
-    pt = F.softmax(teacher_logits.detach().float() / temperature, dim=1)
+    ps, pt = _softened(student_logits, teacher_logits, temperature)
     diff = pt.T @ pt - ps.T @ ps  # (C, C)
     return diff.pow(2).sum() / ps.shape[1]
 
