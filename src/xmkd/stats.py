@@ -45,8 +45,25 @@ NO_INTERVAL = "no interval (one seed)"
 NO_DATA = "no data"
 
 
+class _Interval:
+    """The interval part shared by :class:`Estimate` and :class:`BootstrapResult` (fields ``ci_low``, ``ci_high``)."""
+
+    ci_low: float
+    ci_high: float
+
+    @property
+    def half_width(self) -> float:
+        """Half-width of the interval (NaN when there is none)."""
+        return (self.ci_high - self.ci_low) / 2
+
+    @property
+    def has_interval(self) -> bool:
+        """True when the interval is defined (finite bounds)."""
+        return math.isfinite(self.ci_low) and math.isfinite(self.ci_high)
+
+
 @dataclass(frozen=True)
-class Estimate:
+class Estimate(_Interval):
     """Mean of a set of values with its spread and confidence interval.
 
     Attributes:
@@ -63,16 +80,6 @@ class Estimate:
     ci_high: float
     n: int
     confidence: float = CONFIDENCE
-
-    @property
-    def half_width(self) -> float:
-        """Half-width of the interval (NaN when there is none)."""
-        return (self.ci_high - self.ci_low) / 2
-
-    @property
-    def has_interval(self) -> bool:
-        """True when the interval is defined (finite bounds)."""
-        return math.isfinite(self.ci_low) and math.isfinite(self.ci_high)
 
 
 @dataclass(frozen=True)
@@ -108,7 +115,7 @@ class PairedDifference:
 
 
 @dataclass(frozen=True)
-class BootstrapResult:
+class BootstrapResult(_Interval):
     """Paired bootstrap over test clips of the difference of seed-averaged top-1 (fractions).
 
     Attributes:
@@ -125,11 +132,6 @@ class BootstrapResult:
     resamples: int
     seed: int
     confidence: float = CONFIDENCE
-
-    @property
-    def has_interval(self) -> bool:
-        """True when the interval is defined (finite bounds)."""
-        return math.isfinite(self.ci_low) and math.isfinite(self.ci_high)
 
 
 def _finite(values: Iterable[float | None]) -> np.ndarray:
