@@ -7,84 +7,32 @@ Slow (a few minutes): it runs every stage of the real pipeline on real data from
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import TINY, needs_mirror, repo_env, run_in
 
-ROOT = Path(__file__).resolve().parents[1]
-MIRROR = Path(os.environ.get("XMKD_DATA_MIRROR", ROOT.parent / "shared" / "datasets"))
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not MIRROR.is_dir(), reason=f"no data mirror at {MIRROR} (set XMKD_DATA_MIRROR)"),
-]
-
-TINY = {
-    "methods": ["none", "kd", "mnf_csc"],
-    "seeds": [0, 1],
-    "benchmark": {"n_train": 60, "n_val": 20, "n_test": 40},
-    "teacher": {"epochs": 1},
-    "student": {"width": 4},
-    "train": {"epochs": 1, "batch_size": 16, "milestones": []},
-    "robustness": {"methods": ["kd", "mnf_csc"], "rates": [0.0]},
-    "reverse": {"methods": ["none", "mnf_csc"], "audio_channels": [4, 8]},
-}
-TINY_ABLATIONS = {"no_mnf": {"mnf": {"enabled": False}}, "tau0_0.2": {"csc": {"temperature": 0.2}}}
+pytestmark = [pytest.mark.slow, needs_mirror]
 
 
 def _env(repo: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.update(
-        DVC_NO_ANALYTICS="1",
-        MLFLOW_DISABLE_TELEMETRY="true",
-        XMKD_DATA_MIRROR=str(MIRROR),
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-        GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
-    )
-    return env
+    return repo_env(repo)
 
 
 def _run(args: list[str], repo: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(args, cwd=repo, env=_env(repo), capture_output=True, text=True, timeout=2400)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(base[k], v) if isinstance(v, dict) else v
-    return out
+    return run_in(repo, args, check=check)
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("pipeline")
-    for name in ("dvc.yaml", ".gitignore", "pyproject.toml"):
-        shutil.copy2(ROOT / name, repo / name)
-    for d in ("stages", "src"):
-        shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
-    params["ablations"] = TINY_ABLATIONS
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, default_flow_style=False))
-    _run(["git", "init", "-q"], repo)
-    _run(["dvc", "init", "-q"], repo)
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "commit", "-qm", "tiny pipeline"], repo)
-    _run(["dvc", "repro"], repo)
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "commit", "-qm", "repro"], repo)
-    return repo
+def repo(tiny_repo_copy: Callable[[str], Path]) -> Path:
+    """A private copy of the session's tiny pipeline after `dvc repro` (tests/conftest.py)."""
+    return tiny_repo_copy("pipeline")
 
 
 RUNS = [*TINY["methods"], "ablate-no_mnf", "ablate-tau0_0.2", "robust-kd-0.0", "robust-mnf_csc-0.0",

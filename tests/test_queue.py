@@ -9,77 +9,22 @@ Slow (a few minutes): `dvc repro` of the real pipeline on tiny params, then the 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import needs_mirror, run_in
 
-ROOT = Path(__file__).resolve().parents[1]
-MIRROR = Path(os.environ.get("XMKD_DATA_MIRROR", ROOT.parent / "shared" / "datasets"))
+pytestmark = [pytest.mark.slow, needs_mirror]
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not MIRROR.is_dir(), reason=f"no data mirror at {MIRROR} (set XMKD_DATA_MIRROR)"),
-]
-
-TINY = {
-    "methods": ["none", "mnf_csc"],
-    "seeds": [0],
-    "benchmark": {"n_train": 40, "n_val": 20, "n_test": 20},
-    "teacher": {"epochs": 1, "net": {"channels": [8, 16, 32, 64]}},
-    "student": {"width": 4},
-    "train": {"epochs": 1, "batch_size": 16, "milestones": []},
-}
-
-
-def tiny_params(params: dict) -> dict:
-    """params.yaml shrunk to TINY; the optional run lists (ablations, robustness, reverse) cut to one cheap entry."""
-    out = _merge(params, TINY)
-    if isinstance(out.get("ablations"), dict) and out["ablations"]:
-        out["ablations"] = dict(list(out["ablations"].items())[:1])
-    if isinstance(out.get("robustness"), dict):
-        out["robustness"] = {**out["robustness"], "methods": ["mnf_csc"], "rates": out["robustness"]["rates"][:1]}
-    if isinstance(out.get("reverse"), dict):
-        out["reverse"] = {**out["reverse"], "methods": ["none"]}
-    return out
 EXPS = {"q-tau01": "0.1", "q-tau02": "0.2"}  # experiment name -> csc.temperature
 QUEUE_TIMEOUT_S = 900
 
 
-def _env(repo: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("DVC_ROOT", None)
-    env.update(
-        # the stages import the repo's own copy of xmkd, not the checkout's editable install (which may be
-        # mid-edit while the test runs)
-        PYTHONPATH=str(repo / "src"),
-        DVC_NO_ANALYTICS="1",
-        MLFLOW_DISABLE_TELEMETRY="true",
-        XMKD_DATA_MIRROR=str(MIRROR),
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-        GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
-    )
-    return env
-
-
 def _run(args: list[str], repo: Path, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(args, cwd=repo, env=_env(repo), capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(base[k], v) if isinstance(v, dict) else v
-    return out
+    return run_in(repo, args, check=check, timeout=timeout)
 
 
 def _queue_logs(repo: Path) -> str:
@@ -104,23 +49,9 @@ def _status(repo: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny pipeline repo (as tests/test_pipeline.py builds it) after `dvc repro`, then the two queued experiments."""
-    repo = tmp_path_factory.mktemp("queue")
-    for name in ("dvc.yaml", ".gitignore", "pyproject.toml"):
-        shutil.copy2(ROOT / name, repo / name)
-    for d in ("stages", "src"):
-        shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(params), sort_keys=False, default_flow_style=False))
-    _run(["git", "init", "-q"], repo)
-    _run(["dvc", "init", "-q"], repo)
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "commit", "-qm", "tiny pipeline"], repo)
-    _run(["dvc", "repro"], repo)
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "commit", "-qm", "repro"], repo)
-
+def repo(tiny_repo_copy: Callable[[str], Path]) -> Path:
+    """A copy of the session's tiny pipeline after `dvc repro` (tests/conftest.py), then the two queued experiments."""
+    repo = tiny_repo_copy("queue")
     for name, tau in EXPS.items():
         _run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"csc.temperature={tau}"], repo)
     _run(["dvc", "queue", "start", "-j", "2"], repo)

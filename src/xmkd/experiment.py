@@ -44,7 +44,7 @@ from xmkd.evaluate import classification_metrics, gate_metrics, retrieval_metric
 from xmkd.methods.base import DistillMethod
 from xmkd.runs import RunConfig, load_run_config
 from xmkd.train import ClipDataset, make_loader, predict, resolve_device, seed_everything
-from xmkd.workers import SEED_WORKER_MODULES, forkserver_context
+from xmkd.workers import SEED_WORKER_MODULES, forkserver_context, seed_worker_init, terminate_workers
 
 PROVENANCE = Path("data/benchmark/provenance.parquet")
 FEATURES = Path("data/features")
@@ -63,9 +63,10 @@ def clip_conditions(rc: RunConfig, cache: FeatureCache) -> np.ndarray | None:
     if rc.irrelevant_rate is not None:
         cond = assign_conditions(benchmark_config(rc.condition_keys or {}), rc.irrelevant_rate)
         return np.array([cond[i] for i in ids])
-    if PROVENANCE.exists():
+    if PROVENANCE.exists():  # only when the clips are the built benchmark's (not a user's own videos)
         prov = pd.read_parquet(PROVENANCE, columns=["id", "audio_condition"]).set_index("id")
-        return prov.loc[ids, "audio_condition"].to_numpy()
+        if pd.Index(ids).isin(prov.index).all():
+            return prov.loc[ids, "audio_condition"].to_numpy()
     return None
 
 
@@ -291,7 +292,7 @@ def run_all(
         Results of :func:`run_seed`, in ``rc.seeds`` order.
 
     Raises:
-        the first error of any seed (the others are cancelled).
+        the first error of any seed (the other seeds' workers are terminated, not waited for).
     """
     workers, threads = workers_and_threads(rc)
     results: dict[int, dict[str, Any]] = {}
@@ -306,7 +307,8 @@ def run_all(
             if on_result:
                 on_result(results[s])
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=forkserver_context(SEED_WORKER_MODULES)) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=forkserver_context(SEED_WORKER_MODULES),
+                                 initializer=seed_worker_init, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(run_seed, str(config_path), s, threads): s for s in rc.seeds}
             try:
                 for fut in as_completed(futures):
@@ -314,8 +316,7 @@ def run_all(
                     results[res["seed"]] = res
                     if on_result:
                         on_result(res)
-            except BaseException:
-                for f in futures:
-                    f.cancel()
+            except BaseException:  # a seed failed, or the stage is terminated: the other seeds stop now
+                terminate_workers(pool)
                 raise
     return [results[s] for s in rc.seeds]

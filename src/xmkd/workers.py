@@ -10,14 +10,31 @@ that has run torch's thread pools or holds MLflow's database connections.
 Start the server early (:func:`start_forkserver`, before the caller's own heavy imports) and its imports
 run on the other core while the caller imports and opens its MLflow run.
 
+**No orphans.** A process killed with SIGKILL runs no cleanup, so its children must notice by themselves:
+
+- every seed worker watches its stage process (:func:`seed_worker_init`) and exits at once when it is gone;
+  Python's fork server exits by itself when its parent's end of its "alive" pipe closes;
+- a stage run by DVC watches the ``dvc`` process it runs under (:func:`end_with_dvc`): when ``dvc repro`` dies
+  (even by SIGKILL), the stage gets SIGTERM, which :func:`xmkd.cli.run_main` turns into a clean exit
+  (its MLflow run is closed, its seed workers are terminated, :func:`terminate_workers`);
+- a seed that fails ends the other seeds' workers instead of waiting for them (:func:`xmkd.experiment.run_all`).
+
+Processes are checked every :data:`WATCH_INTERVAL_S` seconds (Linux ``/proc``; elsewhere ``os.kill(pid, 0)``).
+
 This module imports only the standard library, so that a stage script can call it first.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Sequence
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.context import BaseContext
+from pathlib import Path
 
 #: What the fork server of the seed workers (:func:`xmkd.experiment.run_all`) imports: the training and
 #: evaluation code with torch and torchvision, and scikit-learn's metrics (imported lazily by xmkd.evaluate).
@@ -55,3 +72,126 @@ def start_forkserver(preload: Sequence[str]) -> None:
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
+
+
+#: Seconds between two checks of a watched process.
+WATCH_INTERVAL_S = 0.5
+
+
+def process_gone(pid: int) -> bool:
+    """True when process ``pid`` no longer runs (absent, or a zombie waiting to be reaped).
+
+    Raises:
+        ValueError: ``pid`` is not positive.
+    """
+    if pid <= 0:
+        raise ValueError(f"pid must be positive, got {pid}")
+    stat = Path(f"/proc/{pid}/stat")
+    if Path("/proc/self/stat").exists():
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]  # field 3, after the "(comm)" field
+        except (OSError, IndexError):
+            return True
+        return state in ("Z", "X")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def when_gone(pid: int, action: Callable[[], None], interval_s: float = WATCH_INTERVAL_S) -> threading.Thread:
+    """Start a daemon thread that calls ``action()`` once process ``pid`` is gone (:func:`process_gone`).
+
+    Returns:
+        The started thread (daemon: it never keeps this process alive).
+    """
+
+    def watch() -> None:
+        while not process_gone(pid):
+            time.sleep(interval_s)
+        action()
+
+    thread = threading.Thread(target=watch, name=f"xmkd-watch-{pid}", daemon=True)
+    thread.start()
+    return thread
+
+
+def seed_worker_init(stage_pid: int) -> None:
+    """``ProcessPoolExecutor`` initializer of a seed worker: exit at once (status 1) when ``stage_pid`` is gone.
+
+    A seed worker whose stage died has no one to report to; its results would never be written. It ends without
+    cleanup (``os._exit``): it holds nothing the next run needs (checkpoints are written by the stage process).
+    """
+    when_gone(stage_pid, lambda: os._exit(1))
+
+
+def terminate_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop every worker process of ``pool`` now (SIGTERM) and cancel its pending work; never waits for a seed.
+
+    ``ProcessPoolExecutor.terminate_workers`` (Python 3.14) where it exists, else the same on the pool's process
+    table. Safe to call on a pool that is already shut down.
+    """
+    stop = getattr(pool, "terminate_workers", None)
+    if callable(stop):
+        stop()
+        return
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown(), which drops the table
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.join(timeout=10)
+
+
+def _parent_and_cmdline(pid: int) -> tuple[int, list[str]] | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1]), [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def is_dvc_command(cmd: Sequence[str]) -> bool:
+    """True for ``dvc ...``, ``python .../dvc ...`` and ``python -m dvc ...`` command lines."""
+    if not cmd:
+        return False
+    if Path(cmd[0]).name == "dvc":
+        return True
+    if Path(cmd[0]).name.startswith("python") and len(cmd) > 1:
+        return Path(cmd[1]).name == "dvc" or list(cmd[1:3]) == ["-m", "dvc"]
+    return False
+
+
+def dvc_ancestor() -> int | None:
+    """pid of the nearest ancestor process running ``dvc`` (``dvc repro``, ``dvc exp run``, a queue worker), or
+    ``None`` when this process does not run under DVC or there is no ``/proc`` to tell."""
+    pid = os.getppid()
+    while pid > 1:
+        found = _parent_and_cmdline(pid)
+        if found is None:
+            return None
+        parent, cmd = found
+        if is_dvc_command(cmd):
+            return pid
+        pid = parent
+    return None
+
+
+def end_with_dvc() -> int | None:
+    """When this process runs under DVC, send it SIGTERM as soon as that ``dvc`` process is gone.
+
+    A stage whose ``dvc repro`` was killed would otherwise train on for minutes, and write outputs DVC never
+    records. Run by hand (no DVC ancestor) nothing is watched: a stage started with ``nohup`` keeps running.
+
+    Returns:
+        The watched DVC pid, or ``None``.
+    """
+    dvc = dvc_ancestor()
+    if dvc is not None:
+        when_gone(dvc, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    return dvc

@@ -7,8 +7,9 @@ method, so all methods share the student, optimiser, schedule, data and seeds.
 
 To add a method: write ``src/xmkd/methods/<name>.py`` with a subclass decorated by
 ``@register("<name>")`` (``xmkd/methods/__init__.py`` imports every module of the package, so it is found);
-give its hyper-parameters a params.yaml section, list that section in ``sections`` and in the params of the
-``resolve_configs`` stage in dvc.yaml, and name the method in ``methods``.
+give its hyper-parameters a params.yaml section, list that section in ``sections``, and name the method in
+``methods``. Nothing else: dvc.yaml's ``resolve_configs`` tracks every param, and ``distill@<name>`` its own file
+(tests/test_add_method.py adds a throwaway method this way and runs it).
 """
 
 from __future__ import annotations
