@@ -43,10 +43,12 @@ def main() -> None:
         test_idx = cache.indices("testing")
         correct = logits[test_idx].argmax(1) == cache.targets()[test_idx]
         metrics = {"test_top1": float(correct.mean())}
-        if PROVENANCE.exists():
+        if PROVENANCE.exists():  # per-condition top-1 only where every test clip is a built benchmark clip
             prov = pd.read_parquet(PROVENANCE, columns=["id", "audio_condition"]).set_index("id")
-            cond = prov.loc[cache.manifest["id"].to_numpy()[test_idx], "audio_condition"].to_numpy()
-            metrics |= {f"test_top1/{c}": float(correct[cond == c].mean()) for c in sorted(set(cond))}
+            test_ids = cache.manifest["id"].to_numpy()[test_idx]
+            if pd.Index(test_ids).isin(prov.index).all():
+                cond = prov.loc[test_ids, "audio_condition"].to_numpy()
+                metrics |= {f"test_top1/{c}": float(correct[cond == c].mean()) for c in sorted(set(cond))}
         OUT.mkdir(parents=True, exist_ok=True)
         for name, arr in (("embeddings", emb), ("logits", logits)):
             np.save(OUT / f".{name}.tmp.npy", arr)

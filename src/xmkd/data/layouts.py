@@ -374,6 +374,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     r.add_argument("--old", default=VALIDATION, help="subset to rename (default validation)")
     r.add_argument("--new", default=TESTING, help="new name (default testing)")
     r.add_argument("--out", required=True)
+    c = sub.add_parser("corsmal", help="CORSMAL filling type from its feature files' names, one container fold")
+    c.add_argument("--root", default=None, help="CORSMAL features folder (default $XMKD_DATA_MIRROR/corsmal)")
+    c.add_argument("--fold", type=int, required=True, help="0, 1, 2: held-out containers {3,6,9}, {2,5,8}, {1,4,7}")
+    c.add_argument("--no-check", action="store_true", help="skip reading every file (shape, dtype, finiteness)")
+    c.add_argument("--out", required=True)
     args = ap.parse_args(argv)
 
     def run() -> None:
@@ -383,6 +388,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 else classes_from_annotation(args.classes_from) if args.classes_from else None
             )
             ann = ucf101_annotation(args.splits, args.split, classes, args.test_as)
+        elif args.layout == "corsmal":
+            from xmkd.data.corsmal import layout_command
+
+            ann = layout_command(args.root, args.fold, check=not args.no_check)
         elif args.layout == "folders":
             ann = class_folders_annotation(args.root, args.val, args.test, args.seed)
         else:

@@ -52,7 +52,8 @@ class StudentConfig:
 
     Attributes:
         arch: ``r2plus1d_small`` (CPU default), ``r2plus1d_18`` (torchvision, 2 blocks per stage),
-            ``r2plus1d_ref`` (the reference code's 1-block-per-stage R(2+1)D, paper profile) or ``audio_cnn``.
+            ``r2plus1d_ref`` (the reference code's 1-block-per-stage R(2+1)D, paper profile), ``audio_cnn`` or
+            ``sequence_conv`` (precomputed 512-d feature sequences, e.g. CORSMAL: :mod:`xmkd.models.sequence`).
         width: channels of the first stage of ``r2plus1d_small`` (stages: w, 2w, 4w, 8w); the
             embedding dimension is ``8 * width``. Ignored by ``r2plus1d_18`` (512-d).
         stem_temporal_stride: temporal stride of the stem's 3x1x1 convolution in ``r2plus1d_small``
@@ -62,7 +63,7 @@ class StudentConfig:
         n_mels: ``audio_cnn`` only: mel bands of the input log-mels (filled from ``features.n_mels``).
     """
 
-    arch: Literal["r2plus1d_small", "r2plus1d_18", "r2plus1d_ref", "audio_cnn"] = "r2plus1d_small"
+    arch: Literal["r2plus1d_small", "r2plus1d_18", "r2plus1d_ref", "audio_cnn", "sequence_conv"] = "r2plus1d_small"
     width: int = 16
     stem_temporal_stride: int = 2
     audio_channels: list[int] | None = None
@@ -196,6 +197,10 @@ def build_student(cfg: StudentConfig, num_classes: int) -> nn.Module:
         from xmkd.models.r21d_reference import R2Plus1DReference  # it builds on this module's helpers
 
         return R2Plus1DReference(num_classes)
+    if cfg.arch == "sequence_conv":
+        from xmkd.models.sequence import SequenceStudent  # it imports StudentOutput from this module
+
+        return SequenceStudent(num_classes, 512, 8 * cfg.width)  # R(2+1)D features (CORSMAL); d = 8 * width
     if cfg.arch == "audio_cnn":
         return AudioStudent(num_classes, list(cfg.audio_channels or [8, 16, 32, 64]), cfg.n_mels)
     return R2Plus1DSmall(num_classes, cfg.width, stem_temporal_stride=cfg.stem_temporal_stride)
