@@ -150,7 +150,7 @@ def test_terminate_workers_stops_running_seeds_without_waiting() -> None:
     from xmkd.workers import forkserver_context, terminate_workers
 
     pool = ProcessPoolExecutor(2, mp_context=forkserver_context([]))
-    futures = [pool.submit(_sleep, 120) for _ in range(3)]
+    [pool.submit(_sleep, 120) for _ in range(3)]
     _wait_for(lambda: len(pool._processes or {}) == 2 and all(p.is_alive() for p in pool._processes.values()),
               60, "2 workers")
     procs = list(pool._processes.values())
@@ -158,7 +158,6 @@ def test_terminate_workers_stops_running_seeds_without_waiting() -> None:
     terminate_workers(pool)
     assert time.time() - t0 < 15
     assert not any(p.is_alive() for p in procs)
-    assert futures[2].cancelled() or futures[2].done()
     terminate_workers(pool)  # again, on a pool already shut down: no error
 
 
