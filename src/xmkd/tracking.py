@@ -30,6 +30,7 @@ from typing import Any
 
 import psutil
 
+from xmkd.workers import is_dvc_command
 from xmkd.config import flatten, repo_root
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -94,15 +95,7 @@ def git_commit(root: Path) -> str:
         return "unknown"
 
 
-def _is_dvc(cmd: list[str]) -> bool:
-    """True for ``dvc ...``, ``python .../dvc ...`` and ``python -m dvc ...`` command lines."""
-    if not cmd:
-        return False
-    if Path(cmd[0]).name == "dvc":
-        return True
-    if Path(cmd[0]).name.startswith("python") and len(cmd) > 1:
-        return Path(cmd[1]).name == "dvc" or cmd[1:3] == ["-m", "dvc"]
-    return False
+_is_dvc = is_dvc_command  # one definition: xmkd.workers (stdlib only)
 
 
 def invocation() -> dict[str, str] | None:
