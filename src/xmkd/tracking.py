@@ -30,8 +30,8 @@ from typing import Any
 
 import psutil
 
-from xmkd.workers import is_dvc_command
 from xmkd.config import flatten, repo_root
+from xmkd.workers import is_dvc_command
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
