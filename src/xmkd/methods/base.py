@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
 import torch
+import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -163,6 +164,80 @@ def positive_mask(labels: torch.Tensor) -> torch.Tensor:
     """
     same = (labels[:, None] == labels[None, :]) & (labels[:, None] >= 0)
     return same | torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s soft-target loss (arXiv 1503.02531) ``T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))``, batch mean.
+
+    Args:
+        student_logits: (B, C) z_s.
+        teacher_logits: (B, C) z_t (treated as constants).
+        temperature: T > 0.
+
+    Returns:
+        Scalar tensor. Shared by ``kd`` and the methods that distil logits by KD (``mfh``).
+    """
+    t = temperature
+    log_p_s = F.log_softmax(student_logits / t, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.detach() / t, dim=1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * t * t
+
+
+def teacher_target(labels: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Target class of each clip for a method's class-split terms (DKD's TCKD / NCKD, C2KD's non-target KL):
+    the label, or for an unlabelled clip (label < 0, :data:`UNLABELLED`) the frozen teacher's prediction.
+
+    Args:
+        labels: (B,) int64 class indices, -1 for an unlabelled clip.
+        teacher_logits: (B, C) z_t.
+
+    Returns:
+        (B,) int64 class indices in [0, C).
+    """
+    return torch.where(labels >= 0, labels, teacher_logits.argmax(dim=1))
+
+
+def world_size() -> int:
+    """Processes of the DDP job (1 outside distributed training)."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        return torch_dist.get_world_size()
+    return 1
+
+
+class EpochCounter(nn.Module):
+    """Counts the training clips a method has been trained on, to know the current epoch (1-based) from inside
+    :meth:`DistillMethod.loss` (the training loop has no epoch hook).
+
+    Buffers:
+        clips_seen: () int64, training clips seen over all ranks of a DDP job (advanced by :meth:`advance`).
+
+    ``epoch = floor(clips_seen / num_train) + 1``: with a loader that yields every training clip once per epoch
+    this is the loop's 1-based epoch; under DDP the ``DistributedSampler`` padding (fewer than ``world_size`` clips
+    an epoch) can move an epoch boundary forward by a step. Used by DKD's warm-up and MFH's two phases.
+    """
+
+    def __init__(self, method: str, num_train: int, fix: str) -> None:
+        super().__init__()
+        self.method, self.num_train, self.fix = method, num_train, fix
+        self.register_buffer("clips_seen", torch.zeros((), dtype=torch.int64))
+
+    @property
+    def epoch(self) -> int:
+        """Current training epoch, counted from 1.
+
+        Raises:
+            ConfigError: ``num_train`` is 0 (unknown).
+        """
+        if self.num_train < 1:
+            raise ConfigError(
+                f"method '{self.method}' counts its epochs from the clips it has seen and needs Dims.num_train >= 1, "
+                f"got 0; build it with the training-set size (xmkd.distill.build_models(..., num_train=...)) or {self.fix}."
+            )
+        return int(self.clips_seen.item()) // self.num_train + 1
+
+    def advance(self, batch_size: int) -> None:
+        """Count a training batch of ``batch_size`` clips on this rank (times the DDP world size)."""
+        self.clips_seen += batch_size * world_size()
 
 
 _REGISTRY: dict[str, type[DistillMethod]] = {}

@@ -44,11 +44,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as torch_dist
 import torch.nn.functional as F
 
-from xmkd.errors import ConfigError
-from xmkd.methods.base import Dims, DistillMethod, LossTerms, TeacherBatch, register
+from xmkd.methods.base import Dims, DistillMethod, EpochCounter, LossTerms, TeacherBatch, register, teacher_target
 from xmkd.models.student import StudentOutput
 
 
@@ -81,7 +79,7 @@ class DKDConfig:
 
 def dkd_target(labels: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Target class of each clip for the TCKD / NCKD split (arXiv 2203.08679): the label, or for an unlabelled clip
-    (label < 0, :data:`~xmkd.methods.base.UNLABELLED`) the teacher's prediction.
+    the teacher's prediction (:func:`xmkd.methods.base.teacher_target`).
 
     Args:
         labels: (B,) int64 class indices, -1 for an unlabelled clip.
@@ -90,7 +88,7 @@ def dkd_target(labels: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tens
     Returns:
         (B,) int64 class indices in [0, C).
     """
-    return torch.where(labels >= 0, labels, teacher_logits.argmax(dim=1))
+    return teacher_target(labels, teacher_logits)
 
 
 def dkd_terms(
@@ -163,19 +161,12 @@ def warmup_factor(epoch: int, warmup_epochs: float) -> float:
     return min(epoch / warmup_epochs, 1.0)
 
 
-def _world_size() -> int:
-    """Processes of the DDP job (1 outside distributed training)."""
-    if torch_dist.is_available() and torch_dist.is_initialized():
-        return torch_dist.get_world_size()
-    return 1
-
-
 @register("dkd")
 class DKD(DistillMethod):
     """Decoupled Knowledge Distillation from the audio teacher's logits (arXiv 2203.08679); no learnable heads.
 
     Buffers:
-        clips_seen: () int64, training clips the method has been trained on over all ranks (for the warm-up).
+        counter.clips_seen: () int64, training clips the method has been trained on over all ranks (for the warm-up).
     """
 
     sections = {"dkd": DKDConfig}
@@ -183,23 +174,21 @@ class DKD(DistillMethod):
 
     def __init__(self, dims: Dims, cfg: dict[str, Any]) -> None:
         super().__init__(dims, cfg)
-        self.register_buffer("clips_seen", torch.zeros((), dtype=torch.int64))
+        self.counter = EpochCounter("dkd", dims.num_train, "set dkd.warmup_epochs: 0")
+
+    @property
+    def clips_seen(self) -> torch.Tensor:
+        """() int64, training clips seen over all ranks (the counter's buffer)."""
+        return self.counter.clips_seen
 
     @property
     def epoch(self) -> int:
-        """Current training epoch, counted from 1, as ``floor(clips_seen / num_train) + 1``.
+        """Current training epoch, counted from 1 (:class:`~xmkd.methods.base.EpochCounter`).
 
         Raises:
             ConfigError: ``dims.num_train`` is 0 (unknown).
         """
-        n = self.dims.num_train
-        if n < 1:
-            raise ConfigError(
-                "method 'dkd' counts its warm-up epochs from the clips it has seen and needs Dims.num_train >= 1, "
-                "got 0; build it with the training-set size (xmkd.distill.build_models(..., num_train=...)) or set "
-                "dkd.warmup_epochs: 0."
-            )
-        return int(self.clips_seen.item()) // n + 1
+        return self.counter.epoch
 
     def current_warmup(self) -> float:
         """The warm-up factor ``min(e / W, 1)`` of the next training step."""
@@ -223,6 +212,6 @@ class DKD(DistillMethod):
         tckd, nckd = dkd_terms(student.logits, teacher.logits, target, c.temperature)
         value = factor * (c.alpha * tckd + c.beta * nckd).mean()
         if self.training:
-            self.clips_seen += len(labels) * _world_size()
+            self.counter.advance(len(labels))
         logs = {"dkd_tckd": float(tckd.mean().detach()), "dkd_nckd": float(nckd.mean().detach()), "dkd_warmup": factor}
         return LossTerms(student={"dkd": value}, logs=logs)

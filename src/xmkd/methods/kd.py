@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from xmkd.methods.base import DistillMethod, LossTerms, TeacherBatch, register
+from xmkd.methods.base import DistillMethod, LossTerms, TeacherBatch, kd_loss, register
 from xmkd.models.student import StudentOutput
 
 
@@ -30,23 +29,6 @@ class KDConfig:
             raise ValueError(f"kd.temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"kd.alpha must be in [0, 1], got {self.alpha}")
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Hinton soft-target loss ``T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))``, batch mean.
-
-    Args:
-        student_logits: (B, C) z_s.
-        teacher_logits: (B, C) z_t (treated as constants).
-        temperature: T > 0.
-
-    Returns:
-        Scalar tensor.
-    """
-    t = temperature
-    log_p_s = F.log_softmax(student_logits / t, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.detach() / t, dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * t * t
 
 
 @register("kd")
