@@ -75,9 +75,10 @@ def _c2kd(**kw: object):
     return build_method("c2kd", Dims(6, 5, C, 8), method_config("c2kd", {"c2kd": kw}))
 
 
-def test_c2kd_loss_is_the_papers_sum_over_its_heads_outputs() -> None:
+@pytest.mark.parametrize("init", ["pretrained", "scratch"])
+def test_c2kd_loss_is_the_papers_sum_over_its_heads_outputs(init: str) -> None:
     torch.manual_seed(0)
-    m = _c2kd(krc=0.1)
+    m = _c2kd(krc=0.1, teacher_init=init)
     m.train()
     b = 6
     a, v = torch.randn(b, 5), torch.randn(b, 6)
@@ -87,12 +88,15 @@ def test_c2kd_loss_is_the_papers_sum_over_its_heads_outputs() -> None:
 
     # the heads' outputs in the same (training) mode, then every term by hand
     torch.manual_seed(0)
-    ref = _c2kd(krc=0.1)
+    ref = _c2kd(krc=0.1, teacher_init=init)
     ref.train()
     with torch.no_grad():
         z_t = ref.teacher_head(a).double().numpy()
         p_t = ref.proxy_t(a).double().numpy()
         p_s = ref.proxy_s(v).double().numpy()
+    if init == "pretrained":  # the fine-tuned last layer starts at the frozen teacher's: a zero residual
+        assert not z_t.any()
+        z_t = z_t + zt_frozen.double().numpy()
     target = np.where(labels.numpy() >= 0, labels.numpy(), zt_frozen.numpy().argmax(1))
     ce_t = float(np.mean(-_log_softmax(z_t)[np.arange(b), target]))
     zs_np = zs.double().numpy()
@@ -133,8 +137,10 @@ def test_c2kd_no_selected_pair_gives_no_proxy_term_and_single_clip_batches_nothi
     assert not one.student
 
 
-@pytest.mark.parametrize(("key", "value"), [("krc", 1.0), ("krc", -2.0), ("temperature", 0.0)])
-def test_c2kd_bad_config_names_the_key(key: str, value: float) -> None:
+@pytest.mark.parametrize(
+    ("key", "value"), [("krc", 1.0), ("krc", -2.0), ("temperature", 0.0), ("teacher_init", "imagenet")]
+)
+def test_c2kd_bad_config_names_the_key(key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=f"c2kd.{key}"):
         method_config("c2kd", {"c2kd": {key: value}})
 

@@ -27,10 +27,14 @@ The mean is over the whole batch, selected or not, as in the reference. The prox
 ``ProxyNet1D``: ``Linear(n, n) → BatchNorm1d → LeakyReLU(0.1) → Linear(n, C)`` with Kaiming-normal (fan-out)
 weights.
 
-Adaptation to this pipeline (the teacher is frozen): C2KD fine-tunes the teacher network jointly with the
-student. Here the audio teacher is frozen and only its outputs reach the method, so the teacher side is a
-learnable linear head ``z_t = W_t a + b_t`` on the frozen embedding a (the fine-tuned teacher's last layer), and
-P_t reads a. The frozen teacher's own logits enter only as the target class of unlabelled clips.
+Adaptation to this pipeline (the teacher is frozen): C2KD fine-tunes a *pretrained* teacher network jointly with
+the student (MST-Distill's ``main-C2KD.py`` loads the teacher's checkpoint before the joint training). Here the audio
+teacher is frozen and only its outputs reach the method, so what is fine-tuned is the teacher's last layer: with
+``c2kd.teacher_init: pretrained`` (default) ``z_t = z_t^frozen + ΔW a + Δb`` with ΔW, Δb initialised to 0. The
+teacher's classifier is linear on its embedding (``z_t^frozen = W_0 a + b_0``, :mod:`xmkd.models.teacher`), so this
+is exactly the last layer fine-tuned from its pretrained weights ``(W_0 + ΔW, b_0 + Δb)``. ``teacher_init: scratch``
+is a fresh linear head ``z_t = W_t a + b_t`` (the teacher side learnt from nothing; reported as an option). P_t
+reads a.
 
 Few-labels regime: CE(z_t, ·) and the non-target split use the label, or for an unlabelled clip the frozen
 teacher's prediction (:func:`~xmkd.methods.base.teacher_target`); the loop's CE(z_s, y) uses labelled clips only.
@@ -59,13 +63,19 @@ class C2KDConfig:
         temperature: T > 0 of the non-target KL (``ntkl(..., temperature=1)``).
         ntkl_drop_target: false = faithful (the target logit set to 0, kept in the softmax); true = the target
             class removed and the C − 1 non-target classes renormalised.
+        teacher_init: ``pretrained`` = the teacher's last layer fine-tuned from the frozen teacher's weights
+            (a zero-initialised residual on its logits; C2KD fine-tunes a pretrained teacher); ``scratch`` = a fresh
+            linear head on the frozen embedding.
     """
 
     krc: float = 0.0
     temperature: float = 1.0
     ntkl_drop_target: bool = False
+    teacher_init: str = "pretrained"
 
     def __post_init__(self) -> None:
+        if self.teacher_init not in ("pretrained", "scratch"):
+            raise ValueError(f"c2kd.teacher_init must be 'pretrained' or 'scratch', got {self.teacher_init!r}")
         if not -1.0 <= self.krc < 1.0:
             raise ValueError(f"c2kd.krc must be in [-1, 1) (a Kendall tau threshold), got {self.krc}")
         if self.temperature <= 0:
@@ -163,7 +173,8 @@ class C2KD(DistillMethod):
     the two proxies (see the module docstring for the frozen-teacher adaptation).
 
     Heads:
-        teacher_head: Linear(D, C), z_t = W_t a + b_t.
+        teacher_head: Linear(D, C): ``z_t = z_t^frozen + ΔW a + Δb`` (zero-initialised, ``teacher_init:
+            pretrained``) or ``z_t = W_t a + b_t`` (``scratch``).
         proxy_t: :class:`ProxyHead` (D -> C) on a; proxy_s: :class:`ProxyHead` (d -> C) on the student's v.
     """
 
@@ -173,6 +184,10 @@ class C2KD(DistillMethod):
     def __init__(self, dims: Dims, cfg: dict[str, Any]) -> None:
         super().__init__(dims, cfg)
         self.teacher_head = nn.Linear(dims.teacher_dim, dims.num_classes)
+        self.residual = self.cfg["c2kd"].teacher_init == "pretrained"
+        if self.residual:  # the fine-tuned last layer starts at the frozen teacher's
+            nn.init.zeros_(self.teacher_head.weight)
+            nn.init.zeros_(self.teacher_head.bias)
         self.proxy_t = ProxyHead(dims.teacher_dim, dims.num_classes)
         self.proxy_s = ProxyHead(dims.student_dim, dims.num_classes)
 
@@ -194,7 +209,7 @@ class C2KD(DistillMethod):
             return LossTerms()
         a = teacher.embedding.detach().float()
         target = teacher_target(labels, teacher.logits)
-        z_t = self.teacher_head(a)
+        z_t = self.teacher_head(a) + (teacher.logits.detach().float() if self.residual else 0.0)
         p_t = self.proxy_t(a)
         p_s = self.proxy_s(student.feature.float())
         z_s = student.logits.float()
