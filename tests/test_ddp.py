@@ -14,6 +14,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -310,6 +311,43 @@ def test_a_failing_worker_stops_the_run_with_its_error(tmp_path: Path, monkeypat
     with pytest.raises(TrainingError, match=r"seed 0 .*failed on rank \d: DataError: feature cache data/features lacks"):
         run_all(load_run_config(config), config)
     assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.slow
+def test_ddp_processes_end_when_their_stage_is_killed(workdir: Path, tmp_path: Path) -> None:
+    """``kill -9`` of the process that launched a DDP job (the stage): its rank processes exit by themselves."""
+    import psutil
+
+    config = _write_config(workdir, "none", "killed-ddp", nproc=2, epochs=200)
+    log = tmp_path / "stage.log"
+    script = (f"import os; os.chdir({str(workdir)!r}); from pathlib import Path; from xmkd.experiment import run_all; "
+              f"from xmkd.runs import load_run_config; p = Path({str(config)!r}); run_all(load_run_config(p), p)")
+    with log.open("w") as fh:
+        stage = subprocess.Popen([sys.executable, "-c", script], stdout=fh, stderr=subprocess.STDOUT)
+    ranks: list[psutil.Process] = []
+    try:
+        deadline = time.time() + 180
+        while len(ranks) < 2 and time.time() < deadline and stage.poll() is None:
+            time.sleep(0.5)
+            ranks = [p for p in psutil.Process(stage.pid).children(recursive=True)
+                     if "multiprocessing.spawn" in " ".join(p.cmdline())]
+        assert len(ranks) == 2, f"the 2 rank processes never started:\n{log.read_text()[-3000:]}"
+        time.sleep(15)  # into training (or still importing: either way they must notice)
+        assert stage.poll() is None, log.read_text()[-3000:]
+        stage.kill()
+        stage.wait()
+        deadline = time.time() + 20
+        while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ranks) and time.time() < deadline:
+            time.sleep(0.2)
+        left = [p.pid for p in ranks if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not left, f"rank processes {left} still running 20 s after their stage was killed"
+    finally:
+        stage.kill()
+        for p in ranks:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
 
 
 # ---------------------------------------------------------------------------------------- fast checks

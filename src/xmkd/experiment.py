@@ -263,13 +263,16 @@ def run_seed(
     }
 
 
-def run_rank(config_path: str, seed: int, threads: int, reports: bool = False) -> dict[str, Any] | None:
+def run_rank(
+    config_path: str, seed: int, threads: int, reports: bool = False, parent_pid: int | None = None
+) -> dict[str, Any] | None:
     """One process of a seed's DDP job, as torchrun starts it (:func:`xmkd.launch.launch` on the stage's node with
     ``reports=True``, ``python -m xmkd.node rank`` on the others): join the process group from torchrun's
     environment, then :func:`run_seed` with a :class:`xmkd.parallel.DataParallel` strategy.
 
-    The process exits at once when its parent (torchrun's agent: the stage process on node 0) is gone, so a killed
-    stage leaves no rank behind (:func:`xmkd.workers.seed_worker_init`).
+    The process exits at once when ``parent_pid`` (torchrun's agent: the stage process on node 0; default: this
+    process's parent) is gone, so a killed stage leaves no rank behind (:func:`xmkd.workers.seed_worker_init`).
+    Pass it explicitly where the parent may die before this runs (then ``os.getppid()`` would name init).
 
     Returns:
         The seed's result on local rank 0 of the reporting node; None elsewhere.
@@ -277,7 +280,7 @@ def run_rank(config_path: str, seed: int, threads: int, reports: bool = False) -
     Raises:
         TrainingError: NCCL asked for without CUDA, or anything :func:`run_seed` raises.
     """
-    seed_worker_init(os.getppid())
+    seed_worker_init(parent_pid or os.getppid())
     # 1x1x1 convolution weights get gradients in another memory layout than DDP's bucket: harmless, said once
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     rc = load_run_config(Path(config_path))
@@ -333,8 +336,8 @@ def run_all(
     if rc.distributed.enabled:  # DDP: the seeds one after another, each over nproc x nnodes processes
         device = resolve_device(rc.train.device)
         for i, s in enumerate(rc.seeds):
-            results[s] = launch(rc.distributed, run_rank, (str(config_path), s, threads, True), run=rc.name, seed=s,
-                                seed_index=i, threads=threads, device=device)
+            results[s] = launch(rc.distributed, run_rank, (str(config_path), s, threads, True, os.getpid()),
+                                run=rc.name, seed=s, seed_index=i, threads=threads, device=device)
             if on_result:
                 on_result(results[s])
     elif workers == 1:

@@ -13,15 +13,19 @@
 
 from __future__ import annotations
 
-import argparse
-import shlex
-import subprocess
-from pathlib import Path
+import os
 
-from xmkd.errors import ConfigError, TrainingError
-from xmkd.experiment import run_rank
-from xmkd.launch import threads_per_process, torchrun_command
-from xmkd.runs import load_run_config
+PARENT = os.getppid()  # torchrun's agent, read before the slow imports below (it may die meanwhile)
+
+import argparse  # noqa: E402
+import shlex  # noqa: E402
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from xmkd.errors import ConfigError, TrainingError  # noqa: E402
+from xmkd.experiment import run_rank  # noqa: E402
+from xmkd.launch import threads_per_process, torchrun_command  # noqa: E402
+from xmkd.runs import load_run_config  # noqa: E402
 
 
 def join_commands(run: str) -> list[list[str]]:
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     j.add_argument("--print", action="store_true", help="print the torchrun commands instead of running them")
     args = ap.parse_args(argv)
     if args.cmd == "rank":
-        run_rank(args.config, args.seed, args.threads)
+        run_rank(args.config, args.seed, args.threads, parent_pid=PARENT)
     else:
         join(args.run, dry_run=args.print)
 
