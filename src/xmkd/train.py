@@ -71,7 +71,7 @@ class TrainConfig:
         divergence_factor: a step whose loss (sum of the absolute values of its terms) exceeds this many times
             the median loss of the first ``divergence_steps`` steps stops training with an error (:class:`LossGuard`);
             0 = never (a non-finite loss always stops it). Default 1000: on the default regime no step of any
-            method comes within a factor 10 of it (docs/pipeline.md#bad-input), while ``train.lr: 1e6`` trips it at
+            method went above 5.3 x its reference (docs/pipeline.md#bad-input), while ``train.lr: 1e6`` trips it at
             the second step.
         divergence_steps: how many first steps make the reference (fewer while training has taken fewer).
 
