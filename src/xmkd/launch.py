@@ -180,7 +180,7 @@ def _failure_message(err: Exception) -> str:
 def launch(cfg: DistributedConfig, entrypoint: Callable[..., Any], args: Sequence[Any], *, run: str, seed: int,
            seed_index: int, threads: int, device: torch.device) -> Any:
     """Run ``entrypoint(*args)`` in ``cfg.nproc`` processes on this node (x ``cfg.nnodes`` nodes) with torchrun's
-    launcher, and return what local rank 0 of this node returned.
+    launcher, and return what local rank 0 of this node returned (whatever global rank the rendezvous gave it).
 
     Args:
         cfg: the ``distributed`` section; entrypoint: a picklable module-level function (started by ``spawn``).
@@ -218,4 +218,6 @@ def launch(cfg: DistributedConfig, entrypoint: Callable[..., Any], args: Sequenc
         raise StageTerminated(128 + int(e.sigval)) from e
     finally:
         shutil.rmtree(logs, ignore_errors=True)
-    return returned[0]
+    # keyed by global rank; this node's ranks are consecutive, its local rank 0 has the smallest (on several nodes
+    # the rendezvous may give this node any group rank, so that is not necessarily 0)
+    return returned[min(returned)]
