@@ -5,10 +5,11 @@ profiles/paper.yaml through :mod:`xmkd.profiles`) on synthetic uint8 clips of th
 (10 classes; teacher embedding dim 64 for default, 512 for paper, as the paper's CNN14):
 
 1. **Training throughput** (clips/s) of the student alone (method ``none``) and of the student with MNF+CSC
-   (``mnf_csc``), built with the project's own ``build_student`` / ``build_method`` and stepped exactly as
-   :func:`xmkd.train.train` steps (forward under the loop's bf16 autocast on CUDA, ``method.loss``, CE, the loop's
-   finiteness check of every term, the heads-only backward with ``inputs=``, the student backward, one Adam step,
-   the accuracy count). Batches are already on the device (data loading is measured separately, item 2).
+   (``mnf_csc``), built with the project's own ``build_student`` / ``build_method`` and stepped by the loop's own
+   :func:`xmkd.train.train_step` (forward under the loop's bf16 autocast on CUDA, ``method.loss``, CE, the loop's
+   :class:`~xmkd.train.LossGuard` check of every term, the heads-only backward with ``inputs=``, the student
+   backward, one Adam step), plus the loop's accuracy count. Batches are already on the device (data loading is
+   measured separately, item 2).
    Warm-up steps are excluded; CUDA is synchronised around every timed step; the two methods' timed steps are
    interleaved in blocks (``--block``), so a change in the host's load hits both alike. Step time = median over
    the timed steps; the MNF+CSC overhead is the ratio of the two medians (target <= 1.15 in the paper profile).
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -61,12 +61,22 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from xmkd.config import load_params, parse_section
 from xmkd.data.features import FeatureCache
-from xmkd.errors import ConfigError, TrainingError, XmkdError
+from xmkd.errors import ConfigError, XmkdError
 from xmkd.methods import Dims, DistillMethod, TeacherBatch, build_method, method_config
 from xmkd.models.student import StudentConfig, build_student
 from xmkd.profiles import available_profiles, load_profile, merge
 from xmkd.train import (
-    ClipDataset, TrainConfig, _autocast, _to, make_loader, make_optimiser, resolve_device, seed_everything,
+    Batch,
+    ClipDataset,
+    LossGuard,
+    TrainConfig,
+    autocast,
+    make_loader,
+    make_optimiser,
+    resolve_device,
+    seed_everything,
+    to_device,
+    train_step,
 )  # fmt: skip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,8 +84,6 @@ NUM_CLASSES = 10
 TEACHER_DIM = {"default": 64, "paper": 512}  # other profiles: 512
 TARGET_RATIO_MAX = 1.15  # MNF+CSC step time / student-alone step time, paper profile
 TARGET_LOADER_MIN = 3.0  # loader clips/s / model clips/s
-
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 # ----------------------------------------------------------------------------------------------------- setup
@@ -126,43 +134,28 @@ def synthetic_batches(n: int, batch: int, frames: int, size: int, teacher_dim: i
 
 
 # ------------------------------------------------------------------------------------------ training step
-def train_step(
-    student: nn.Module,
-    method: DistillMethod,
-    opt: torch.optim.Optimizer,
-    head_params: list[torch.Tensor],
-    batch: Batch,
-    device: torch.device,
-    amp: bool,
-) -> None:
-    """One optimisation step, line for line as in :func:`xmkd.train.train` (keep the two in step).
+Setup = tuple[nn.Module, DistillMethod, torch.optim.Optimizer, list[torch.Tensor], LossGuard]
+
+
+def step(setup: Setup, batch: Batch, device: torch.device, amp: bool, k: int) -> None:
+    """One training step as the loop takes it: :func:`xmkd.train.train_step` (with the loop's loss check) and the
+    loop's accuracy count (a device sync on CUDA, as in the loop).
 
     Raises:
-        TrainingError: a loss term is not finite.
+        TrainingError: a loss term is not finite, or the loss explodes.
     """
-    inputs, y, emb, logits_t, index = batch
-    with _autocast(device, amp):
-        s = student(inputs)
-        terms = method.loss(s, TeacherBatch(emb, logits_t, index), y)
-        ce = method.ce_weight * F.cross_entropy(s.logits.float(), y)
-    student_terms = {"ce": ce, **terms.student}
-    for name, value in {**student_terms, **terms.heads_only}.items():
-        v = float(value.detach())  # the loop's finiteness check (a device sync on CUDA, as in the loop)
-        if not math.isfinite(v):
-            raise TrainingError(f"benchmark: loss term '{name}' = {v} (method '{method.name}')")
-    opt.zero_grad(set_to_none=True)
-    if terms.heads_only:
-        sum(terms.heads_only.values()).backward(inputs=head_params, retain_graph=True)
-    sum(student_terms.values()).backward()
-    opt.step()
-    int((s.logits.argmax(1) == y).sum())  # the loop's accuracy count (another sync on CUDA)
+    student, method, opt, head_params, guard = setup
+    out = train_step(student, method, opt, head_params, batch, device, amp,
+                     check=lambda values: guard.check(values, 1, k))
+    int((out.logits.argmax(1) == batch[1]).sum())
 
 
 def build(
     name: str, params: dict[str, Any], scfg: StudentConfig, tcfg: TrainConfig, teacher_dim: int, num_train: int,
     device: torch.device,
-) -> tuple[nn.Module, DistillMethod, torch.optim.Optimizer, list[torch.Tensor]]:
-    """Student, method, Adam and the heads-only parameter list, as :func:`xmkd.train.train` sets them up."""
+) -> Setup:
+    """Student, method, Adam, the heads-only parameter list and the loss check, as :func:`xmkd.train.train` sets
+    them up."""
     seed_everything(0)
     student = build_student(scfg, NUM_CLASSES).to(device)
     dims = Dims(scfg.embed_dim, teacher_dim, NUM_CLASSES, num_train)
@@ -170,7 +163,8 @@ def build(
     opt, head_params = make_optimiser(student, method, tcfg)
     student.train()
     method.train()
-    return student, method, opt, head_params
+    return student, method, opt, head_params, LossGuard(tcfg.divergence_factor, tcfg.divergence_steps,
+                                                        f"benchmark, method '{name}'", tcfg.lr)
 
 
 def time_training(
@@ -194,7 +188,7 @@ def time_training(
             torch.cuda.reset_peak_memory_stats(device)
         setups[m] = build(m, params, scfg, tcfg, teacher_dim, len(batches) * bsz, device)
         for i in range(warmup):
-            train_step(*setups[m], batches[i % len(batches)], device, tcfg.amp)
+            step(setups[m], batches[i % len(batches)], device, tcfg.amp, i)
         sync(device)
         student, method = setups[m][0], setups[m][1]
         recs[m] = {
@@ -217,7 +211,7 @@ def time_training(
                 i += 1
                 sync(device)
                 t0 = time.perf_counter()
-                train_step(*setups[m], b, device, tcfg.amp)
+                step(setups[m], b, device, tcfg.amp, warmup + len(times[m]))
                 sync(device)
                 times[m].append(time.perf_counter() - t0)
     for m in methods:
@@ -240,11 +234,11 @@ def time_loader(ds: ClipDataset, tcfg: TrainConfig, device: torch.device, max_ba
     """
     loader = make_loader(ds, tcfg, shuffle=True, seed=0, device=device)
     it = iter(loader)
-    _to(next(it), device)
+    to_device(next(it), device)
     sync(device)
     n, t0 = 0, time.perf_counter()
     for i, batch in enumerate(it):
-        moved = _to(batch, device)
+        moved = to_device(batch, device)
         n += len(moved[1])
         if i + 1 >= max_batches:
             break
@@ -275,13 +269,13 @@ def student_flops(
     x = torch.randint(0, 256, (2, frames, size, size, 3), dtype=torch.uint8, device=device)
     y = torch.tensor([0, 1], device=device)
     tb = TeacherBatch(torch.rand(2, teacher_dim, device=device), torch.randn(2, NUM_CLASSES, device=device))
-    with torch.no_grad(), _autocast(device, amp):
+    with torch.no_grad(), autocast(device, amp):
         fwd = count_flops(lambda: student(x))
         s = student(x)
         mnf = count_flops(lambda: method.loss(s, tb, y))
 
     def fwd_bwd() -> None:
-        with _autocast(device, amp):
+        with autocast(device, amp):
             loss = F.cross_entropy(student(x).logits.float(), y)
         loss.backward()
 

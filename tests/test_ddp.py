@@ -4,8 +4,8 @@ the CPU), and seeds in parallel worker processes (``train.seed_workers``).
 A tiny but real setting, built in a temporary folder (the layout the stages read: ``data/features``,
 ``data/teacher``, ``data/configs``): 4 classes, 384 training clips of 8x32x32 frames whose class is the
 brighter quadrant under heavy pixel noise, a teacher embedding that knows the class. Each method is trained
-for 2 epochs once in one process and once as a 2-process DDP job through the real launcher
-(``python -m torch.distributed.run``), with the same global batch.
+for 2 epochs once in one process and once as a 2-process DDP job through the real launcher (torchrun's
+``elastic_launch`` with its c10d rendezvous, :mod:`xmkd.launch`), with the same global batch.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +22,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 import torch.distributed as tdist
 import torch.multiprocessing as tmp
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from xmkd.ddp import (
-    DEBUG_DIR_ENV,
-    DistContext,
-    all_gather_with_grad,
-    average_grads_,
-    rank_seed,
-    state_digest,
-    torchrun_command,
-)
+from xmkd.collectives import all_gather_with_grad, average_grads_
 from xmkd.errors import ConfigError, TrainingError
 from xmkd.experiment import checkpoint_path, run_all
+from xmkd.launch import DistributedConfig, torchrun_command
 from xmkd.methods import Dims, build_method, method_config
 from xmkd.methods.crd import CRDConfig
 from xmkd.models.student import StudentConfig, StudentOutput
+from xmkd.node import join_commands
+from xmkd.parallel import DEBUG_DIR_ENV, DataParallel, rank_seed, state_digest
 from xmkd.runs import RunConfig, load_run_config
 from xmkd.train import TrainConfig, train
 
@@ -83,10 +78,16 @@ def _make_data(root: Path) -> None:
     (teacher / "ids.txt").write_text("\n".join(ids) + "\n")
 
 
+DISTRIBUTED = {f.name for f in DistributedConfig.__dataclass_fields__.values()}
+
+
 def _write_config(root: Path, method: str, name: str, seeds: tuple[int, ...] = (0,), **train: Any) -> Path:
-    """A resolved run config (as ``resolve_configs`` writes it) with TRAIN overridden by ``train``."""
+    """A resolved run config (as ``resolve_configs`` writes it) with TRAIN overridden by ``train`` (its DDP keys
+    go to the ``distributed`` section)."""
+    ddp = {k: train.pop(k) for k in list(train) if k in DISTRIBUTED}
     rc = RunConfig(method, method_config(method, {"mnf": {}, "csc": {}}), TrainConfig(**{**TRAIN, **train}),
-                   StudentConfig(width=4), seeds=seeds, name=name, kind="main", label=method)
+                   StudentConfig(width=4), seeds=seeds, name=name, kind="main", label=method,
+                   distributed=DistributedConfig(**ddp))
     path = root / "data" / "configs" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rc.to_json(), indent=1, sort_keys=True))
@@ -129,7 +130,7 @@ def test_two_process_ddp_matches_single_process(
     assert sorted(p.name for p in (workdir / folder).iterdir()) == ["seed-0.pt"]
     ckpt = torch.load(workdir / folder / "seed-0.pt", map_location="cpu", weights_only=True)
     assert state_digest(ckpt["student"], ckpt["method"]) == h0
-    assert ckpt["meta"]["config"]["train"]["nproc"] == 2
+    assert ckpt["meta"]["config"]["distributed"]["nproc"] == 2
     assert not any((workdir / p).exists() for p in ("mlflow.db", "mlruns", "mlartifacts", "metrics"))
 
     # The same loss terms, every rank's clips counted; per-epoch numbers close to the single-process run.
@@ -154,9 +155,9 @@ def test_two_process_ddp_matches_single_process(
 
 @pytest.mark.slow
 def test_two_nodes_on_one_machine(workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Multi-node path (static rendezvous at train.rdzv_endpoint), two 'nodes' of one process on localhost:
-    node 0 runs the stage's code (run_all), node 1 joins with ``python -m xmkd.ddp join``; node 0 holds rank 0,
-    gets the result and the checkpoint."""
+    """Multi-node path (c10d rendezvous at distributed.rdzv_endpoint), two 'nodes' of one process on localhost:
+    node 0 runs the stage's code (run_all) and hosts the rendezvous, node 1 joins with ``python -m xmkd.node join``
+    (plain torchrun, started first: it waits for node 0); node 0 gets the result and writes the checkpoint."""
     with socket.socket() as so:
         so.bind(("127.0.0.1", 0))
         port = so.getsockname()[1]
@@ -164,7 +165,7 @@ def test_two_nodes_on_one_machine(workdir: Path, tmp_path: Path, monkeypatch: py
     debug = tmp_path / "hashes"
     monkeypatch.setenv(DEBUG_DIR_ENV, str(debug))
     monkeypatch.chdir(workdir)
-    node1 = subprocess.Popen([sys.executable, "-m", "xmkd.ddp", "join", "--run", "two-nodes", "--node-rank", "1"],
+    node1 = subprocess.Popen([sys.executable, "-m", "xmkd.node", "join", "--run", "two-nodes"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         res = _run(workdir, config, monkeypatch)
@@ -225,7 +226,7 @@ def _toy_rank(rank: int, folder: str) -> None:
         half = _B // 2
         batches = [list(range(b + rank * half, b + (rank + 1) * half)) for b in range(0, _N, _B)]
         history = train(student, method, DataLoader(ds, batch_sampler=batches), None, cfg, torch.device("cpu"),
-                        dist=DistContext(rank, 2, rank))
+                        strategy=DataParallel(rank, 2, rank))
         x, w = _in_batch_data()  # global in-batch term: local rows against the gathered global batch
         w.requires_grad_(True)
         f = x[rank * (_B // 2) : (rank + 1) * (_B // 2)] @ w
@@ -260,7 +261,7 @@ def test_ddp_equals_single_process_when_nothing_couples_the_batch(tmp_path: Path
             assert torch.equal(ranks[0][key][name], ranks[1][key][name]), f"ranks differ in {key}.{name}"
             torch.testing.assert_close(ranks[0][key][name], value, rtol=1e-4, atol=1e-5, msg=f"{key}.{name}")
     assert not torch.equal(method.memory_s, _toy()[1].memory_s)  # the memory did move
-    for h_ddp, h_single in zip(ranks[0]["history"], history):
+    for h_ddp, h_single in zip(ranks[0]["history"], history, strict=True):
         for k in ("loss/ce", "loss/crd_s", "loss/crd_t", "crd_h_pos_s", "train_top1"):
             assert h_ddp[k] == pytest.approx(h_single[k], rel=1e-5), k
     # all_gather_with_grad: an in-batch term over the global batch has the single-process gradient
@@ -307,52 +308,113 @@ def test_seed_workers_give_the_results_of_one_process(workdir: Path, monkeypatch
 def test_a_failing_worker_stops_the_run_with_its_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = _write_config(tmp_path, "none", "nodata", nproc=2)  # no data/features in tmp_path
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(TrainingError, match=r"seed 0 .*failed: error: feature cache data/features lacks"):
+    with pytest.raises(TrainingError, match=r"seed 0 .*failed on rank \d: DataError: feature cache data/features lacks"):
         run_all(load_run_config(config), config)
     assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.slow
+def test_ddp_processes_end_when_their_stage_is_killed(workdir: Path, tmp_path: Path) -> None:
+    """``kill -9`` of the process that launched a DDP job (the stage): its rank processes exit by themselves."""
+    import psutil
+
+    config = _write_config(workdir, "none", "killed-ddp", nproc=2, epochs=200)
+    log = tmp_path / "stage.log"
+    script = (f"import os; os.chdir({str(workdir)!r}); from pathlib import Path; from xmkd.experiment import run_all; "
+              f"from xmkd.runs import load_run_config; p = Path({str(config)!r}); run_all(load_run_config(p), p)")
+    with log.open("w") as fh:
+        stage = subprocess.Popen([sys.executable, "-c", script], stdout=fh, stderr=subprocess.STDOUT)
+    ranks: list[psutil.Process] = []
+    try:
+        deadline = time.time() + 180
+        while len(ranks) < 2 and time.time() < deadline and stage.poll() is None:
+            time.sleep(0.5)
+            ranks = [p for p in psutil.Process(stage.pid).children(recursive=True)
+                     if "multiprocessing.spawn" in " ".join(p.cmdline())]
+        assert len(ranks) == 2, f"the 2 rank processes never started:\n{log.read_text()[-3000:]}"
+        time.sleep(15)  # into training (or still importing: either way they must notice)
+        assert stage.poll() is None, log.read_text()[-3000:]
+        stage.kill()
+        stage.wait()
+        deadline = time.time() + 20
+        while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ranks) and time.time() < deadline:
+            time.sleep(0.2)
+        left = [p.pid for p in ranks if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not left, f"rank processes {left} still running 20 s after their stage was killed"
+    finally:
+        stage.kill()
+        for p in ranks:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
 
 
 # ---------------------------------------------------------------------------------------- fast checks
 
 
-def test_train_config_validates_distributed_settings() -> None:
-    with pytest.raises(ValueError, match="multiple of train.nproc"):
-        TrainConfig(batch_size=30, nproc=4)
-    with pytest.raises(ValueError, match="seed_workers: 0"):
-        TrainConfig(nproc=2, seed_workers=2)
+def test_distributed_settings_are_validated(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="multiple of distributed.nproc"):
+        _write_config(tmp_path, "none", "x", batch_size=30, nproc=4)
+    with pytest.raises(ConfigError, match="seed_workers: 0"):
+        _write_config(tmp_path, "none", "x", nproc=2, seed_workers=2)
     with pytest.raises(ValueError, match="rdzv_endpoint = 'host:port'"):
-        TrainConfig(nnodes=2)
+        DistributedConfig(nnodes=2)
     with pytest.raises(ValueError, match="rdzv_endpoint = 'host:port'"):
-        TrainConfig(nnodes=2, rdzv_endpoint="node0")
-    with pytest.raises(ValueError, match="only used with train.nnodes > 1"):
-        TrainConfig(rdzv_endpoint="node0:29400")
+        DistributedConfig(nnodes=2, rdzv_endpoint="node0")
+    with pytest.raises(ValueError, match="only used with distributed.nnodes > 1"):
+        DistributedConfig(rdzv_endpoint="node0:29400")
     with pytest.raises(ValueError, match=">= 1"):
-        TrainConfig(nproc=0)
-    TrainConfig(nproc=2, nnodes=2, rdzv_endpoint="node0:29400", batch_size=32)
+        DistributedConfig(nproc=0)
+    assert DistributedConfig(nproc=2, nnodes=2, rdzv_endpoint="node0:29400").world_size == 4
+
+
+def test_ddp_keys_left_in_the_train_section_name_their_new_place(tmp_path: Path) -> None:
+    from xmkd.config import load_params
+    from xmkd.runs import resolve
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    params["train"]["nproc"] = 2
+    with pytest.raises(ConfigError, match=r"train.nproc moved to the 'distributed' section \(distributed.nproc\)"):
+        resolve(params)
+    path = _write_config(tmp_path, "none", "old")  # a run config written before the move
+    raw = json.loads(path.read_text())
+    raw["train"]["backend"] = raw.pop("distributed")["backend"]
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match="distributed.backend.*dvc repro resolve_configs"):
+        load_run_config(path)
 
 
 def test_bad_backend_is_a_config_error(tmp_path: Path) -> None:
     path = _write_config(tmp_path, "none", "x")
     raw = json.loads(path.read_text())
-    raw["train"]["backend"] = "mpi"
+    raw["distributed"]["backend"] = "mpi"
     path.write_text(json.dumps(raw))
-    with pytest.raises(ConfigError, match="train.backend"):
+    with pytest.raises(ConfigError, match="distributed.backend"):
         load_run_config(path)
 
 
-def test_torchrun_command_one_node_and_several() -> None:
-    one = torchrun_command("c.json", 3, 1, TrainConfig(nproc=2), 1, "out.pkl")
-    assert "--standalone" in one and "--nproc-per-node=2" in one
-    assert one[one.index("--seed") + 1] == "3" and one[-2:] == ["--out", "out.pkl"]
-    multi = torchrun_command("c.json", 3, 1, TrainConfig(nproc=2, nnodes=2, rdzv_endpoint="h:29400"), 1, None, 1)
-    assert "--standalone" not in multi and "--out" not in multi
-    assert {"--nnodes=2", "--node-rank=1", "--rdzv-endpoint=h:29401"} <= set(multi)  # one port per seed
+def test_torchrun_command_of_the_other_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = DistributedConfig(nproc=2, nnodes=3, rdzv_endpoint="h:29400")
+    cmd = torchrun_command(cfg, "c.json", "kd", 3, 1, 4)
+    assert cmd[1:3] == ["-m", "torch.distributed.run"]
+    assert {"--nnodes=3", "--nproc-per-node=2", "--rdzv-backend=c10d", "--rdzv-endpoint=h:29401",
+            "--rdzv-id=kd-seed3"} <= set(cmd)  # one port and one rendezvous id per seed
+    assert cmd[cmd.index("-m", 3) + 1 :] == ["xmkd.node", "rank", "--config", "c.json", "--seed", "3", "--threads", "4"]
+    _write_config(tmp_path, "none", "multi", seeds=(5, 7), nproc=2, nnodes=2, rdzv_endpoint="h:29400", batch_size=32)
+    monkeypatch.chdir(tmp_path)
+    cmds = join_commands("multi")
+    assert [c[c.index("--seed") + 1] for c in cmds] == ["5", "7"]
+    assert ["--rdzv-endpoint=h:29400", "--rdzv-endpoint=h:29401"] == [c[6] for c in cmds]
+    _write_config(tmp_path, "none", "single")
+    with pytest.raises(ConfigError, match="nothing to join"):
+        join_commands("single")
 
 
 def test_local_batch_and_rank_seeds() -> None:
-    ctx = DistContext(1, 2, 1)
-    assert ctx.local_batch_size(32) == 16
+    strategy = DataParallel(1, 2, 1)
+    assert strategy.local_batch_size(32) == 16 and not strategy.reports and not strategy.is_main
     with pytest.raises(TrainingError, match="multiple"):
-        ctx.local_batch_size(33)
+        strategy.local_batch_size(33)
     assert rank_seed(5, 0) == 5
     assert len({rank_seed(5, r) for r in range(1, 4)} | {rank_seed(6, 1)}) == 4

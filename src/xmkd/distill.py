@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from xmkd.data.features import FeatureCache
-from xmkd.ddp import DistContext
 from xmkd.errors import DataError
 from xmkd.methods import Dims, DistillMethod, build_method
 from xmkd.methods.base import UNLABELLED
 from xmkd.models.student import build_student
+from xmkd.parallel import SingleProcess
 from xmkd.runs import RunConfig
 from xmkd.train import ClipDataset, make_loader, resolve_device, seed_everything, train
 
@@ -95,19 +95,19 @@ def run_distillation(
     seed: int,
     cache: FeatureCache,
     teacher: TeacherOutputs,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     inputs: np.ndarray | None = None,
-    dist: DistContext | None = None,
+    strategy: SingleProcess | None = None,
 ) -> tuple[torch.nn.Module, DistillMethod, list[dict[str, float]]]:
     """Train one student with ``rc.method`` and ``seed`` on the cache's ``training`` subset.
 
     The ``validation`` subset (if present) is evaluated after every epoch; the test subset is not
     touched here. ``inputs`` (N, ...) are the student's inputs for every cache row (default: the
     cache's uint8 frames; the reverse direction passes log-mels). ``torch.set_num_threads`` is the
-    caller's business. ``dist``: this process's place in a DDP job (the process group is initialised): the
-    models are built from ``seed`` on every rank (equal initial weights), the training clips are split over the
-    ranks (:meth:`DistContext.train_loader`) and :func:`xmkd.train.train` runs distributed (see
-    :mod:`xmkd.ddp`); None = one process.
+    caller's business. ``on_epoch_end``: the loop's per-epoch hook (:func:`xmkd.train.train`). ``strategy``: one
+    process (default), or this process's place in a DDP job (:class:`xmkd.parallel.DataParallel`, group joined):
+    the models are built from ``seed`` on every rank (equal initial weights), the training clips are split over the
+    ranks (``strategy.train_loader``) and ranks > 0 then reseed (``strategy.reseed``).
 
     Returns:
         (student, method, per-epoch history).
@@ -123,17 +123,16 @@ def run_distillation(
         y = seen if name == "training" else labels
         return ClipDataset(cache.frames if inputs is None else inputs, y, teacher.embedding, teacher.logits, cache.indices(name))
 
-    if dist is None:
-        train_loader = make_loader(subset("training"), rc.train, shuffle=True, seed=seed, device=device)
-    else:
-        train_loader = dist.train_loader(subset("training"), rc.train, seed, device)
-        dist.reseed(seed)  # after the models are built (equal on every rank): own RNG stream on ranks > 0
+    strategy = strategy or SingleProcess()
+    train_loader = strategy.train_loader(subset("training"), rc.train.batch_size, rc.train.num_workers, seed, device)
+    strategy.reseed(seed)  # after the models are built (equal on every rank): own RNG stream on DDP ranks > 0
     val_loader = (
         make_loader(subset("validation"), rc.train, shuffle=False, seed=seed, device=device)
         if "validation" in cache.subsets
         else None
     )
-    history = train(student, method, train_loader, val_loader, rc.train, device, on_epoch, dist=dist)
+    history = train(student, method, train_loader, val_loader, rc.train, device, on_epoch_end, strategy,
+                    where=f"run '{rc.name}' seed {seed}")
     return student.cpu(), method.cpu(), history
 
 

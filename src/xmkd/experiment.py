@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -37,11 +38,12 @@ import torch
 
 from xmkd.data.conditions import assign_conditions, benchmark_config
 from xmkd.data.features import FeatureCache
-from xmkd.ddp import DistContext, is_ddp, launch, threads_per_process
 from xmkd.distill import TeacherOutputs, build_models, run_distillation, save_checkpoint
 from xmkd.errors import DataError
 from xmkd.evaluate import classification_metrics, gate_metrics, retrieval_metrics
+from xmkd.launch import launch, resolve_backend, threads_per_process
 from xmkd.methods.base import DistillMethod
+from xmkd.parallel import DataParallel, SingleProcess
 from xmkd.runs import RunConfig, load_run_config
 from xmkd.train import ClipDataset, make_loader, predict, resolve_device, seed_everything
 from xmkd.workers import SEED_WORKER_MODULES, forkserver_context, seed_worker_init, terminate_workers
@@ -209,35 +211,41 @@ def evaluate(
     return metrics, pred
 
 
-def run_seed(config_path: str, seed: int, threads: int, dist: DistContext | None = None) -> dict[str, Any] | None:
+def run_seed(
+    config_path: str,
+    seed: int,
+    threads: int,
+    strategy: SingleProcess | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any] | None:
     """Train and evaluate one seed of a run; writes its checkpoint (atomically).
 
     Runs in a worker process (or in the caller's with one worker). Relative paths are resolved
-    against the current directory (the repo root, as DVC runs stages). With ``dist`` (a DDP process,
-    :mod:`xmkd.ddp`) every rank trains its share; only rank 0 saves the checkpoint and evaluates.
+    against the current directory (the repo root, as DVC runs stages). With a DDP ``strategy``
+    (:func:`run_rank`) every rank trains its share; only the reporting process (``strategy.reports``) saves the
+    checkpoint and evaluates. ``on_epoch_end``: the loop's per-epoch hook (:func:`xmkd.train.train`).
 
     Returns:
         {"seed", "history" (per-epoch dicts), "train_seconds", "metrics", "pred" (N_test,) int64,
-        "start"/"end" (unix s)}; None on DDP ranks other than 0.
+        "start"/"end" (unix s)}; None on the DDP processes that do not report.
 
     Raises:
-        TrainingError: a non-finite loss; DataError: missing inputs.
+        TrainingError: a non-finite or exploding loss; DataError: missing inputs.
     """
     start = time.time()
     torch.set_num_threads(threads)
+    strategy = strategy or SingleProcess()
     rc = load_run_config(Path(config_path))
     cache = FeatureCache(FEATURES)
     teacher = teacher_outputs(rc, cache)
     inputs = student_inputs(rc, cache)
     conditions = clip_conditions(rc, cache)
     t0 = time.perf_counter()
-    student, method, history = run_distillation(rc, seed, cache, teacher, inputs=inputs, dist=dist)
+    student, method, history = run_distillation(rc, seed, cache, teacher, on_epoch_end, inputs, strategy)
     train_seconds = time.perf_counter() - t0
-    if dist is not None:
-        dist.report_state(student, method)  # test aid: hash of this rank's final weights, when asked for
-        dist.close()  # training's collectives are over: all ranks leave the group; rank 0 goes on alone
-        if not dist.is_main:
-            return None
+    strategy.finish(student, method)  # DDP: training's collectives are over, every rank leaves the group
+    if not strategy.reports:
+        return None
     meta = {
         "run": rc.name, "method": rc.method, "seed": seed, "num_classes": cache.num_classes,
         "teacher_dim": int(teacher.embedding.shape[1]), "num_train": len(cache.indices("training")),
@@ -255,19 +263,48 @@ def run_seed(config_path: str, seed: int, threads: int, dist: DistContext | None
     }
 
 
+def run_rank(
+    config_path: str, seed: int, threads: int, reports: bool = False, parent_pid: int | None = None
+) -> dict[str, Any] | None:
+    """One process of a seed's DDP job, as torchrun starts it (:func:`xmkd.launch.launch` on the stage's node with
+    ``reports=True``, ``python -m xmkd.node rank`` on the others): join the process group from torchrun's
+    environment, then :func:`run_seed` with a :class:`xmkd.parallel.DataParallel` strategy.
+
+    The process exits at once when ``parent_pid`` (torchrun's agent: the stage process on node 0; default: this
+    process's parent) is gone, so a killed stage leaves no rank behind (:func:`xmkd.workers.seed_worker_init`).
+    Pass it explicitly where the parent may die before this runs (then ``os.getppid()`` would name init).
+
+    Returns:
+        The seed's result on local rank 0 of the reporting node; None elsewhere.
+
+    Raises:
+        TrainingError: NCCL asked for without CUDA, or anything :func:`run_seed` raises.
+    """
+    seed_worker_init(parent_pid or os.getppid())
+    # 1x1x1 convolution weights get gradients in another memory layout than DDP's bucket: harmless, said once
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    rc = load_run_config(Path(config_path))
+    device = resolve_device(rc.train.device)
+    strategy = DataParallel.join(resolve_backend(rc.distributed.backend, device), device, reports)
+    try:
+        return run_seed(config_path, seed, threads, strategy)
+    finally:
+        strategy.close()
+
+
 def workers_and_threads(rc: RunConfig) -> tuple[int, int]:
     """(seed worker processes, torch threads per worker) for this machine.
 
     ``train.seed_workers: 0`` (auto): every seed at once on a CPU, capped at cores + 1 (a third
     1-thread process on 2 cores still adds throughput by filling the other two's idle time); 1 on CUDA.
     ``train.num_threads: 0`` (auto): the cores shared out between the workers (at least 1).
-    DDP (``train.nproc * train.nnodes > 1``): 1 worker (seeds one after another); ``num_threads: 0``
-    gives each of the ``train.nproc`` processes on this node cores / nproc threads.
+    DDP (``distributed.nproc * distributed.nnodes > 1``): 1 worker (seeds one after another); ``num_threads: 0``
+    gives each of the ``distributed.nproc`` processes on this node cores / nproc threads.
     """
     cpus = os.cpu_count() or 1
     n = len(rc.seeds)
-    if is_ddp(rc.train):
-        return 1, threads_per_process(rc.train)
+    if rc.distributed.enabled:
+        return 1, threads_per_process(rc.distributed, rc.train.num_threads)
     if rc.train.seed_workers > 0:
         workers = min(rc.train.seed_workers, n)
     elif resolve_device(rc.train.device).type == "cuda":
@@ -282,7 +319,7 @@ def run_all(
     rc: RunConfig, config_path: Path, on_result: Callable[[dict[str, Any]], None] | None = None
 ) -> list[dict[str, Any]]:
     """Train and evaluate every seed of ``rc`` (in parallel worker processes when it pays; with
-    ``train.nproc * train.nnodes > 1`` each seed in turn as a DDP job, :func:`xmkd.ddp.launch`).
+    ``distributed.nproc * distributed.nnodes > 1`` each seed in turn as a DDP job, :func:`xmkd.launch.launch`).
 
     Args:
         rc: the run; config_path: its resolved config file (what the workers load).
@@ -296,9 +333,11 @@ def run_all(
     """
     workers, threads = workers_and_threads(rc)
     results: dict[int, dict[str, Any]] = {}
-    if is_ddp(rc.train):  # DDP: the seeds one after another, each over train.nproc x train.nnodes processes
+    if rc.distributed.enabled:  # DDP: the seeds one after another, each over nproc x nnodes processes
+        device = resolve_device(rc.train.device)
         for i, s in enumerate(rc.seeds):
-            results[s] = launch(config_path, s, rc, threads, seed_index=i)
+            results[s] = launch(rc.distributed, run_rank, (str(config_path), s, threads, True, os.getpid()),
+                                run=rc.name, seed=s, seed_index=i, threads=threads, device=device)
             if on_result:
                 on_result(results[s])
     elif workers == 1:

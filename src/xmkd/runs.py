@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from xmkd.config import parse_section
 from xmkd.errors import ConfigError
+from xmkd.launch import DistributedConfig
 from xmkd.methods import method_class, method_config
 from xmkd.models.student import StudentConfig
 from xmkd.train import TrainConfig
@@ -46,6 +47,8 @@ Kind = Literal["main", "ablation", "robustness", "reverse"]
 _NAME = re.compile(r"^[A-Za-z0-9_.]+$")
 # benchmark keys that decide which clip carries which sound condition (robustness runs)
 CONDITION_KEYS = ("seed", "n_train", "n_val", "n_test", "mismatch_share")
+# keys that moved out of the train section (the loop does not see them)
+MOVED_TRAIN_KEYS = {k: f"distributed.{k}" for k in ("nproc", "nnodes", "rdzv_endpoint", "backend")}
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ class RunConfig:
     Attributes:
         method: distillation method name; sections: its parsed params sections.
         train, student, evaluate: the shared settings (a reverse run's student is the audio CNN).
+        distributed: how many processes train each seed (DDP; :class:`xmkd.launch.DistributedConfig`).
         seeds: every seed this run trains.
         name, kind, label: see :class:`RunSpec`.
         modality: ``video`` (student sees frames, audio teacher) or ``audio`` (reverse direction).
@@ -154,6 +158,21 @@ class RunConfig:
     irrelevant_rate: float | None = None
     condition_keys: dict[str, Any] | None = None
     teacher: str = "data/teacher"
+    distributed: DistributedConfig = DistributedConfig()
+
+    def __post_init__(self) -> None:
+        world = self.distributed.world_size
+        if world > 1 and self.train.batch_size % world:
+            raise ConfigError(
+                f"train.batch_size = {self.train.batch_size} must be a multiple of distributed.nproc x "
+                f"distributed.nnodes = {world} (each process takes batch_size / (nproc x nnodes) clips per step): "
+                "change one of them."
+            )
+        if world > 1 and self.train.seed_workers > 1:
+            raise ConfigError(
+                f"train.seed_workers = {self.train.seed_workers} with distributed.nproc x distributed.nnodes = {world}: "
+                "distributed runs train the seeds one after another; set train.seed_workers: 0 (or 1)."
+            )
 
     def to_json(self) -> dict[str, Any]:
         """JSON-serialisable form (dataclasses as dicts, sorted keys on dump)."""
@@ -171,6 +190,7 @@ class RunConfig:
             "irrelevant_rate": self.irrelevant_rate,
             "condition_keys": self.condition_keys,
             "teacher": self.teacher,
+            "distributed": dataclasses.asdict(self.distributed),
         }
 
 
@@ -202,6 +222,21 @@ def seeds(params: dict[str, Any]) -> list[int]:
 
 def _section(params: dict[str, Any], cls: type, name: str) -> Any:
     return parse_section(cls, params.get(name) or {}, name)
+
+
+def check_moved_keys(train: dict[str, Any] | None, where: str = "params.yaml") -> None:
+    """Reject the DDP keys that used to be in the ``train`` section, naming where they live now.
+
+    Raises:
+        ConfigError: ``train.nproc`` (or ``nnodes``, ``rdzv_endpoint``, ``backend``) is set.
+    """
+    moved = [k for k in MOVED_TRAIN_KEYS if k in (train or {})]
+    if moved:
+        raise ConfigError(
+            f"{where}: {', '.join(f'train.{k}' for k in moved)} moved to the 'distributed' section "
+            f"({', '.join(MOVED_TRAIN_KEYS[k] for k in moved)}): move the key(s) there"
+            + (" (re-run `dvc repro resolve_configs` to rewrite the run configs)." if where != "params.yaml" else ".")
+        )
 
 
 def ablations(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -274,7 +309,9 @@ def resolve(params: dict[str, Any]) -> dict[str, RunConfig]:
     Raises:
         ConfigError: any invalid, unknown or missing parameter.
     """
+    check_moved_keys(params.get("train"))
     train = _section(params, TrainConfig, "train")
+    distributed = _section(params, DistributedConfig, "distributed")
     student = _section(params, StudentConfig, "student")
     evaluate = _section(params, EvaluateConfig, "evaluate")
     seed_list = tuple(seeds(params))
@@ -303,7 +340,8 @@ def resolve(params: dict[str, Any]) -> dict[str, RunConfig]:
             ) if spec.kind == "reverse" else student
         )
         out[spec.name] = RunConfig(
-            spec.method, sections, train, run_student, evaluate, seed_list, spec.name, spec.kind, spec.label, **extra
+            spec.method, sections, train, run_student, evaluate, seed_list, spec.name, spec.kind, spec.label,
+            distributed=distributed, **extra,
         )
     return out
 
@@ -328,6 +366,7 @@ def load_run_config(path: Path) -> RunConfig:
     if not path.exists():
         raise ConfigError(f"{path} does not exist: run `dvc repro resolve_configs` (or the whole pipeline) first.")
     raw = json.loads(path.read_text())
+    check_moved_keys(raw.get("train"), where=str(path))
     cls = method_class(raw["method"])
     sections = {k: parse_section(cls.sections[k], v, k) for k, v in raw["sections"].items()}
     return RunConfig(
@@ -344,4 +383,5 @@ def load_run_config(path: Path) -> RunConfig:
         raw.get("irrelevant_rate"),
         raw.get("condition_keys"),
         raw.get("teacher", "data/teacher"),
+        parse_section(DistributedConfig, raw.get("distributed") or {}, "distributed"),
     )

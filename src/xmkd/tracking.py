@@ -11,6 +11,12 @@ Store: ``sqlite:///<repo root>/mlflow.db`` (absolute, from ``DVC_ROOT`` when DVC
 experiments running in ``.dvc/tmp/exps/...`` write to the same store); ``MLFLOW_TRACKING_URI``
 overrides. Artifacts go to ``<repo root>/mlartifacts``. The store is created once, under the lock,
 before any run is written (parallel first writers to a fresh SQLite store crash).
+
+Runs left RUNNING by a dead process: every run records the process that owns it (tags ``xmkd.host``,
+``xmkd.pid`` and its start time ``xmkd.pid_start``: the stage process for stage and seed runs, the ``dvc``
+process for the parent run). A stage killed with SIGKILL (or a ``dvc`` that died) cannot close its runs, so
+every stage, when it starts, marks KILLED the RUNNING runs of this host whose process is gone or whose pid now
+belongs to another process (:func:`mark_dead_runs_killed`), with the time they were found as their end time.
 """
 
 from __future__ import annotations
@@ -31,13 +37,15 @@ from typing import Any
 import psutil
 
 from xmkd.config import flatten, repo_root
-from xmkd.workers import is_dvc_command
+from xmkd.workers import is_dvc_command, process_gone
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 EXPERIMENT = os.environ.get("XMKD_MLFLOW_EXPERIMENT", "xmkd")
 INVOCATION_TAG = "xmkd.invocation"
+HOST_TAG, PID_TAG, PID_START_TAG = "xmkd.host", "xmkd.pid", "xmkd.pid_start"
+KILLED_TAG = "xmkd.killed"
 
 
 def tracking_uri(root: Path | None = None) -> str:
@@ -98,12 +106,57 @@ def git_commit(root: Path) -> str:
 _is_dvc = is_dvc_command  # one definition: xmkd.workers (stdlib only)
 
 
+def owner_tags(pid: int | None = None) -> dict[str, str]:
+    """Tags naming the process that owns a run: host, pid and the process's start time (unix s, 3 decimals),
+    so that a pid reused by a later process is not mistaken for the owner. Default: this process."""
+    proc = psutil.Process(pid)
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(proc.pid), PID_START_TAG: f"{proc.create_time():.3f}"}
+
+
+def owner_gone(tags: dict[str, str]) -> bool:
+    """True when a run's owner (:func:`owner_tags`) on this host no longer runs: no such pid, a zombie, or the pid
+    now belongs to a process started at another time. False when the tags name another host or no process."""
+    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+        return False
+    pid = int(tags[PID_TAG])
+    if pid <= 0 or process_gone(pid):
+        return True
+    try:
+        return f"{psutil.Process(pid).create_time():.3f}" != tags.get(PID_START_TAG)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
+def mark_dead_runs_killed(client: Any, exp_id: str) -> list[str]:
+    """Mark KILLED (end time: now) every RUNNING run of the experiment whose owner on this host is gone.
+
+    Returns:
+        The ids of the runs marked, each tagged ``xmkd.killed`` with the reason.
+    """
+    host = socket.gethostname()
+    running = client.search_runs(
+        [exp_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'", max_results=5000
+    )
+    now = time.time()
+    killed = []
+    for run in running:
+        tags = run.data.tags
+        if owner_gone(tags):
+            client.set_tag(run.info.run_id, KILLED_TAG, f"process {tags[PID_TAG]} on {host} was gone at "
+                           f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))} (end time = then)")
+            client.set_terminated(run.info.run_id, "KILLED", end_time=int(now * 1000))
+            killed.append(run.info.run_id)
+    return killed
+
+
 def invocation() -> dict[str, str] | None:
     """Identify the ``dvc`` command this process runs under, or ``None`` when run by hand.
 
     Returns:
-        {"key": unique id, "command": the dvc command line, "pid": ...} of the nearest ancestor process
-        whose command line is a DVC invocation.
+        {"key": unique id, "command": the dvc command line, "pid": ..., "start": its start time (unix s)} of
+        the nearest ancestor process whose command line is a DVC invocation.
     """
     exp = os.environ.get("DVC_EXP_NAME", "")
     try:
@@ -112,7 +165,8 @@ def invocation() -> dict[str, str] | None:
             joined = " ".join(cmd)
             if _is_dvc(cmd):
                 key = f"{socket.gethostname()}:{proc.pid}:{proc.create_time():.3f}:{exp}"
-                return {"key": key, "command": joined[:500], "pid": str(proc.pid)}
+                return {"key": key, "command": joined[:500], "pid": str(proc.pid),
+                        "start": f"{proc.create_time():.3f}"}
     except (psutil.Error, OSError):
         return None
     return None
@@ -134,6 +188,9 @@ def _parent_run(client: Any, exp_id: str, uri: str, root: Path, inv: dict[str, s
             "dvc.command": inv["command"],
             "dvc.exp_name": exp_name or "",
             "mlflow.source.git.commit": git_commit(root),
+            HOST_TAG: socket.gethostname(),  # owned by the dvc process (see mark_dead_runs_killed)
+            PID_TAG: inv["pid"],
+            PID_START_TAG: inv["start"],
         }
         run = client.create_run(exp_id, tags=tags, run_name=name)
         params_file = root / "params.yaml"
@@ -206,7 +263,7 @@ class StageRun:
         """
         parent = self.client.get_run(self.run_id)
         tags = {k: v for k, v in parent.data.tags.items() if k in ("dvc.stage", "dvc.exp_name", "mlflow.source.git.commit")}
-        tags |= {"mlflow.runName": name, "mlflow.parentRunId": self.run_id, "xmkd.kind": "seed"}
+        tags |= {"mlflow.runName": name, "mlflow.parentRunId": self.run_id, "xmkd.kind": "seed", **owner_tags()}
         run = self.client.create_run(
             parent.info.experiment_id, start_time=int((start or time.time()) * 1000), tags=tags, run_name=name
         )
@@ -230,11 +287,13 @@ def stage_run(stage: str, params: dict[str, Any] | None = None) -> Iterator[Stag
 
     Yields:
         A :class:`StageRun`. On exit the run (and its parent) is marked FINISHED, or FAILED when the
-        body raised (the exception propagates).
+        body raised (the exception propagates). Before it starts, runs left RUNNING by dead processes of this
+        host are marked KILLED (:func:`mark_dead_runs_killed`).
     """
     root = repo_root().resolve()
     uri = tracking_uri(root)
     client, exp_id = ensure_store(root)
+    mark_dead_runs_killed(client, exp_id)
     dvc_stage = os.environ.get("DVC_STAGE", stage)
     inv = invocation()
     parent = _parent_run(client, exp_id, uri, root, inv) if inv else None
@@ -244,6 +303,7 @@ def stage_run(stage: str, params: dict[str, Any] | None = None) -> Iterator[Stag
         "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
         "mlflow.source.git.commit": git_commit(root),
         "xmkd.kind": "stage",
+        **owner_tags(),
     }
     if parent:
         tags["mlflow.parentRunId"] = parent

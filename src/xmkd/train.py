@@ -1,9 +1,9 @@
-"""The one training loop every distillation method goes through, and its data plumbing.
+"""The one training loop every distillation method goes through, its one step, and its data plumbing.
 
 A batch is (student input, label, teacher embedding, teacher logits, position in the subset). The student input is
 whatever the student's ``forward`` takes: uint8 frames for a video student (4x fewer bytes; pinned and copied
 non-blocking on CUDA; normalised on the device inside the student), log-mels for an audio student (the reverse
-direction). Each step:
+direction). Each step (:func:`train_step`, also what ``scripts/benchmark.py`` times):
 
     total_student = ce_weight · CE(p_v, y) + Σ LossTerms.student
     total_heads   = Σ LossTerms.heads_only
@@ -11,8 +11,12 @@ direction). Each step:
     total_student.backward()
     optimiser.step()   # one Adam over student + method heads
 
-A non-finite loss stops training with a :class:`TrainingError` naming the term, epoch and step; the
-stage then writes nothing, so earlier outputs stay intact.
+The loop holds no distributed code: a strategy (:mod:`xmkd.parallel`: one process, or one DDP rank) is called at
+fixed points (wrap the student, average the heads' gradients and the buffers, add up the epoch's sums).
+
+A loss term that is not finite, or a loss that explodes (above ``train.divergence_factor`` times the median of the
+first ``train.divergence_steps`` steps; :class:`LossGuard`), stops training with a :class:`TrainingError` naming
+the run, seed, epoch, step and value; the stage then writes nothing, so earlier outputs stay intact.
 """
 
 from __future__ import annotations
@@ -20,22 +24,23 @@ from __future__ import annotations
 import bisect
 import math
 import random
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
-from xmkd.ddp import DistContext, average_floating_buffers_, average_grads_, broadcast_float, reduce_epoch_sums
+from xmkd import parallel
 from xmkd.errors import TrainingError
 from xmkd.methods.base import DistillMethod, TeacherBatch, labelled_cross_entropy
 from xmkd.models.student import StudentOutput
+from xmkd.parallel import SingleProcess
 
 
 @dataclass(frozen=True)
@@ -53,25 +58,25 @@ class TrainConfig:
         gamma: learning-rate decay factor.
         device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``.
         num_threads: CPU threads for torch (intra-op) per seed worker (per process with DDP); 0 = auto (the
-            cores shared out between the seed workers, or between the ``nproc`` processes).
+            cores shared out between the seed workers, or between the ``distributed.nproc`` processes).
         seed_workers: processes training the seeds of one run at the same time; 0 = auto (all seeds
             at once on a CPU, capped at cores + 1; 1 on CUDA). See :mod:`xmkd.experiment`.
         num_workers: DataLoader worker processes (0 = load in the main process).
         amp: bf16 autocast on CUDA (ignored on the CPU).
-        nproc: processes per node for distributed data-parallel training (DDP, :mod:`xmkd.ddp`); 1 = one
-            process per seed, as before. With ``nproc * nnodes > 1`` the seeds run one after another, each with
-            ``nproc * nnodes`` processes that each take ``batch_size / (nproc * nnodes)`` clips per step (the
-            global batch stays ``batch_size``). One process per GPU on CUDA.
-        nnodes: machines taking part (multi-node DDP; see ``rdzv_endpoint``).
-        rdzv_endpoint: ``host:port`` of node 0 (the machine that runs the stage) when ``nnodes > 1``; ports
-            ``port .. port + len(seeds) - 1`` must be free there (one rendezvous per seed). None on one node.
-        backend: DDP communication backend: ``auto`` (``nccl`` on CUDA, ``gloo`` on the CPU), ``gloo`` or
-            ``nccl``.
         label_fraction: share of the training clips whose label the student sees (1 = all, the default;
             < 1 = the few-labels regime: every clip keeps its sound and teacher outputs, cross-entropy and each
             method's label terms use the labelled clips only). The labelled clips are the same for every seed
             and method: ``round(label_fraction * n_c)`` (at least 1) per class, drawn with ``label_seed``.
         label_seed: seed of that draw.
+        divergence_factor: a step whose loss (sum of the absolute values of its terms) exceeds this many times
+            the median loss of the first ``divergence_steps`` steps stops training with an error (:class:`LossGuard`);
+            0 = never (a non-finite loss always stops it). Default 1000: on the default regime no step of any
+            method went above 5.3 x its reference (docs/pipeline.md#bad-input), while ``train.lr: 1e6`` trips it at
+            the second step.
+        divergence_steps: how many first steps make the reference (fewer while training has taken fewer).
+
+    DDP settings (``nproc``, ``nnodes``, ``rdzv_endpoint``, ``backend``) are in the ``distributed`` section
+    (:class:`xmkd.launch.DistributedConfig`); the loop itself does not see them.
     """
 
     epochs: int = 10
@@ -85,12 +90,10 @@ class TrainConfig:
     seed_workers: int = 0
     num_workers: int = 0
     amp: bool = True
-    nproc: int = 1
-    nnodes: int = 1
-    rdzv_endpoint: str | None = None
-    backend: Literal["auto", "gloo", "nccl"] = "auto"
     label_fraction: float = 1.0
     label_seed: int = 0
+    divergence_factor: float = 1000.0
+    divergence_steps: int = 10
 
     def __post_init__(self) -> None:
         if not 0 < self.label_fraction <= 1:
@@ -107,33 +110,10 @@ class TrainConfig:
                 f"train.milestones {bad} must lie strictly between 0 and train.epochs = {self.epochs} (they are "
                 "points in training, in epochs); drop them or change train.epochs."
             )
-        self._check_distributed()
-
-    def _check_distributed(self) -> None:
-        if self.nproc < 1 or self.nnodes < 1:
-            raise ValueError(f"train.nproc and train.nnodes must be >= 1 (got {self.nproc}, {self.nnodes}); 1 = no DDP")
-        world = self.nproc * self.nnodes
-        if world > 1 and self.batch_size % world:
+        if not (self.divergence_factor == 0 or self.divergence_factor > 1) or self.divergence_steps < 1:
             raise ValueError(
-                f"train.batch_size = {self.batch_size} must be a multiple of train.nproc x train.nnodes = {world} "
-                "(each process takes batch_size / (nproc x nnodes) clips per step): change one of them."
-            )
-        if world > 1 and self.seed_workers > 1:
-            raise ValueError(
-                f"train.seed_workers = {self.seed_workers} with train.nproc x train.nnodes = {world}: distributed runs "
-                "train the seeds one after another; set train.seed_workers: 0 (or 1)."
-            )
-        if self.nnodes > 1:
-            host, _, port = (self.rdzv_endpoint or "").rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(
-                    f"train.nnodes = {self.nnodes} needs train.rdzv_endpoint = 'host:port' of node 0 (the machine that "
-                    f"runs the stage), e.g. 'node0.example.org:29400'; got {self.rdzv_endpoint!r}."
-                )
-        elif self.rdzv_endpoint is not None:
-            raise ValueError(
-                "train.rdzv_endpoint is only used with train.nnodes > 1 (one node uses a local rendezvous on a free "
-                "port): set train.rdzv_endpoint: null, or train.nnodes to the number of machines."
+                f"train.divergence_factor must be 0 (off) or > 1 and train.divergence_steps >= 1, got "
+                f"{self.divergence_factor} and {self.divergence_steps}"
             )
 
 
@@ -195,25 +175,22 @@ class ClipDataset(Dataset):
 
 
 def make_loader(ds: Dataset, cfg: TrainConfig, shuffle: bool, seed: int, device: torch.device) -> DataLoader:
-    """DataLoader with a seeded shuffling generator (same seed -> same batch order)."""
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return DataLoader(
-        ds,
-        batch_size=cfg.batch_size,
-        shuffle=shuffle,
-        generator=g,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=cfg.num_workers > 0,
-    )
+    """DataLoader with a seeded shuffling generator (same seed -> same batch order); see :func:`parallel.make_loader`."""
+    return parallel.make_loader(ds, cfg.batch_size, cfg.num_workers, shuffle, seed, device)
 
 
-def _to(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+"""(student inputs (B, ...), labels (B,) int64 (-1 = unlabelled), teacher embedding (B, D), teacher logits (B, C),
+position of each clip in the subset (B,) int64)."""
+
+
+def to_device(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Every tensor of a batch on ``device`` (non-blocking: pinned host memory copies asynchronously on CUDA)."""
     return tuple(t.to(device, non_blocking=True) for t in batch)
 
 
-def _autocast(device: torch.device, amp: bool) -> torch.autocast:
+def autocast(device: torch.device, amp: bool) -> torch.autocast:
+    """The loop's mixed precision: bf16 autocast on CUDA when ``amp``, disabled otherwise (and on the CPU)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
 
 
@@ -235,8 +212,8 @@ def predict(
         method.eval()
     out: dict[str, list[np.ndarray]] = defaultdict(list)
     for batch in loader:
-        inputs, y, emb, logits_t, _ = _to(batch, device)
-        with _autocast(device, amp):
+        inputs, y, emb, logits_t, _ = to_device(batch, device)
+        with autocast(device, amp):
             s: StudentOutput = student(inputs)
             diag = method.diagnostics(s, TeacherBatch(emb, logits_t)) if method is not None else {}
         out["logits"].append(s.logits.float().cpu().numpy())
@@ -278,6 +255,123 @@ def make_optimiser(
     return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay), head_params
 
 
+class LossGuard:
+    """Stops training on a non-finite loss term, or on a loss that explodes relative to the first steps.
+
+    The loss of a step is ``Σ_terms |value|`` (every student and heads-only term, CE included; absolute values, so
+    terms of either sign count). The reference is the median of the first ``steps`` steps' losses (while fewer
+    steps have been taken: of those so far). A step whose loss exceeds ``factor x reference`` raises; ``factor``
+    0 turns that check off. A diverging run (e.g. ``train.lr: 1e6``) grows by orders of magnitude within a few
+    steps; normal training stays within a few times its start.
+
+    Args:
+        factor: ``train.divergence_factor``; steps: ``train.divergence_steps``.
+        where: names the run in the error, e.g. ``"run 'kd' seed 0 (method 'kd')"``.
+        lr: ``train.lr``, quoted in the error.
+    """
+
+    def __init__(self, factor: float, steps: int, where: str, lr: float) -> None:
+        self.factor, self.steps, self.where, self.lr = factor, steps, where, lr
+        self.first: list[float] = []
+
+    def check(self, values: dict[str, float], epoch: int, step: int) -> None:
+        """Check one step's loss terms (before its backward pass).
+
+        Args:
+            values: {term name: value} of the step; epoch: 1-based; step: 0-based within the epoch.
+
+        Raises:
+            TrainingError: a term is NaN or infinite, or the loss exceeds the threshold.
+        """
+        for name, v in values.items():
+            if not math.isfinite(v):
+                raise TrainingError(
+                    f"loss term '{name}' = {v} at epoch {epoch}, step {step} ({self.where}): training diverged. Lower "
+                    f"train.lr (now {self.lr:g}), check the method's weights in params.yaml, or check the input "
+                    "features; no output of this stage was written, earlier results are untouched."
+                )
+        loss = sum(abs(v) for v in values.values())
+        if self.factor > 0 and self.first:
+            ref = statistics.median(self.first)
+            if ref > 0 and loss > self.factor * ref:
+                raise TrainingError(
+                    f"loss {loss:.4g} (sum of |terms| {', '.join(f'{k}={v:.3g}' for k, v in values.items())}) at epoch "
+                    f"{epoch}, step {step} ({self.where}) exceeds train.divergence_factor x the median loss of the first "
+                    f"{len(self.first)} steps = {self.factor:g} x {ref:.4g} = {self.factor * ref:.4g}: training "
+                    f"diverged. Lower train.lr (now {self.lr:g}); raise train.divergence_factor only if this loss may "
+                    "legitimately grow that much. No output of this stage was written, earlier results are untouched."
+                )
+        if len(self.first) < self.steps:
+            self.first.append(loss)
+
+
+class StepOutput(NamedTuple):
+    """What one :func:`train_step` returns.
+
+    Attributes:
+        values: {term name: value} of every loss term (``ce`` first, then the student, then the heads-only terms).
+        logs: the method's scalar diagnostics (:attr:`LossTerms.logs`).
+        logits: (B, C) the student's logits on the batch (detached).
+        lr: the student group's learning rate this step used.
+    """
+
+    values: dict[str, float]
+    logs: dict[str, float]
+    logits: torch.Tensor
+    lr: float
+
+
+def train_step(
+    model: nn.Module,
+    method: DistillMethod,
+    opt: torch.optim.Optimizer,
+    head_params: list[torch.Tensor],
+    batch: Batch,
+    device: torch.device,
+    amp: bool,
+    strategy: SingleProcess | None = None,
+    check: Callable[[dict[str, float]], None] | None = None,
+) -> StepOutput:
+    """One optimiser step of any method (the loop's, and what ``scripts/benchmark.py`` times).
+
+    Forward (under :func:`autocast`), ``method.loss``, ``ce_weight · CE`` over the labelled clips; ``check`` sees
+    every term's value (e.g. :meth:`LossGuard.check`, raising before any gradient is taken); the heads-only terms
+    backpropagate into ``head_params`` only (``inputs=``), then the student terms into student and heads; the
+    strategy averages what DDP does not (heads' gradients); one optimiser step; the strategy syncs buffers.
+
+    Args:
+        model: the student, or the strategy's wrapper of it (``DistributedDataParallel``); in train mode.
+        method: the distillation method (train mode); opt / head_params: from :func:`make_optimiser`.
+        batch: a :data:`Batch` already on ``device``.
+        amp: ``train.amp``; strategy: :class:`xmkd.parallel.SingleProcess` by default.
+
+    Returns:
+        A :class:`StepOutput`.
+
+    Raises:
+        TrainingError: from ``check``.
+    """
+    strategy = strategy or SingleProcess()
+    inputs, y, emb, logits_t, index = batch
+    with autocast(device, amp):
+        s: StudentOutput = model(inputs)
+        terms = method.loss(s, TeacherBatch(emb, logits_t, index), y)
+        ce = method.ce_weight * labelled_cross_entropy(s.logits.float(), y)
+    student_terms = {"ce": ce, **terms.student}
+    values = {name: float(value.detach()) for name, value in {**student_terms, **terms.heads_only}.items()}
+    if check is not None:
+        check(values)
+    opt.zero_grad(set_to_none=True)
+    if terms.heads_only:
+        sum(terms.heads_only.values()).backward(inputs=head_params, retain_graph=True)
+    sum(student_terms.values()).backward()  # DDP all-reduces the student's gradients here
+    strategy.after_backward(head_params)  # heads: not under DDP (two backward passes), averaged explicitly
+    lr = opt.param_groups[0]["lr"]  # the rate this step uses
+    opt.step()
+    strategy.after_step(model, method)  # DDP: BN running statistics and the method's buffers equal on every rank
+    return StepOutput(values, terms.logs, s.logits.detach(), lr)
+
+
 def train(
     student: nn.Module,
     method: DistillMethod,
@@ -285,94 +379,77 @@ def train(
     val_loader: DataLoader | None,
     cfg: TrainConfig,
     device: torch.device,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    dist: DistContext | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    strategy: SingleProcess | None = None,
+    where: str = "",
 ) -> list[dict[str, float]]:
-    """Train ``student`` with ``method`` (one loop for every method).
+    """Train ``student`` with ``method`` (one loop for every method; each step is :func:`train_step`).
 
     Args:
         student: module mapping (B, 3, T, H, W) to :class:`StudentOutput`.
         method: the distillation method (its parameters are trained with the student).
-        train_loader / val_loader: batches of (student inputs, labels, teacher emb, teacher logits, position).
+        train_loader / val_loader: batches of (student inputs, labels, teacher emb, teacher logits, position);
+            ``train_loader`` from ``strategy.train_loader`` (under DDP: this rank's share).
         cfg: optimisation settings.
         device: where to train.
-        on_epoch: called after each epoch with (epoch, metrics) (e.g. to log to MLflow).
-        dist: this process's place in a DDP job (None: single process). Then the student is wrapped in
-            ``DistributedDataParallel``, the method heads' gradients and both modules' floating-point buffers
-            are averaged over the ranks after the backward passes / the step, the epoch's sums are added up
-            over the ranks, and validation runs on rank 0 only (see :mod:`xmkd.ddp`). ``train_loader`` must
-            then hold this rank's share (:meth:`DistContext.train_loader`).
+        on_epoch_end: the per-epoch hook: called after every epoch with (epoch (1-based), that epoch's metrics,
+            the dict appended to the history), on the main process only (global rank 0 of a DDP job, where the
+            metrics are already the global ones). E.g. live logging to MLflow; it must not change the metrics.
+        strategy: one process (default) or a DDP rank (:mod:`xmkd.parallel`).
+        where: names the run in errors (e.g. ``"run 'kd' seed 0"``).
 
     Returns:
         Per-epoch metrics: mean of every loss term, ``train_top1``, ``val_top1``, ``lr``, ``seconds``
-        (over all ranks' clips in a DDP job; ``seconds`` and ``val_top1`` are rank 0's).
+        (over all ranks' clips in a DDP job; ``seconds`` is each rank's own, ``val_top1`` rank 0's).
 
     Raises:
-        TrainingError: a loss term is NaN or infinite.
+        TrainingError: a loss term is NaN or infinite, or the loss explodes (:class:`LossGuard`).
     """
+    strategy = strategy or SingleProcess()
     student.to(device)
     method.to(device)
-    model = student if dist is None else dist.wrap(student, device)  # DDP forwards the StudentOutput unchanged
+    model = strategy.wrap(student, device)  # DDP forwards the StudentOutput unchanged
     opt, head_params = make_optimiser(student, method, cfg)
     steps_per_epoch = len(train_loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=lr_factor(cfg, steps_per_epoch))
+    guard = LossGuard(cfg.divergence_factor, cfg.divergence_steps,
+                      f"{where} (method '{method.name}')" if where else f"method '{method.name}'", cfg.lr)
     history: list[dict[str, float]] = []
     for epoch in range(1, cfg.epochs + 1):
         student.train()
         method.train()
-        if isinstance(getattr(train_loader, "sampler", None), DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)  # a new permutation every epoch, the same on every rank
+        strategy.set_epoch(train_loader, epoch)
         t0 = time.perf_counter()
         sums: dict[str, float] = defaultdict(float)
         n_seen, n_correct = 0, 0
         for step, batch in enumerate(train_loader):
-            inputs, y, emb, logits_t, index = _to(batch, device)
-            with _autocast(device, cfg.amp):
-                s: StudentOutput = model(inputs)
-                terms = method.loss(s, TeacherBatch(emb, logits_t, index), y)
-                ce = method.ce_weight * labelled_cross_entropy(s.logits.float(), y)
-            student_terms = {"ce": ce, **terms.student}
-            for name, value in {**student_terms, **terms.heads_only}.items():
-                v = float(value.detach())
-                if not math.isfinite(v):
-                    raise TrainingError(
-                        f"loss term '{name}' = {v} at epoch {epoch}, step {step} (method '{method.name}'): "
-                        "training diverged. Lower train.lr, check the method's weights in params.yaml, or check the "
-                        "input features; no output of this stage was written, earlier results are untouched."
-                    )
-                sums[f"loss/{name}"] += v * len(y)
-            for k, v in terms.logs.items():
-                sums[k] += v * len(y)
-            opt.zero_grad(set_to_none=True)
-            if terms.heads_only:
-                sum(terms.heads_only.values()).backward(inputs=head_params, retain_graph=True)
-            sum(student_terms.values()).backward()  # DDP all-reduces the student's gradients here
-            if dist is not None:
-                average_grads_(head_params)  # heads: not under DDP (two backward passes), averaged explicitly
-            epoch_lr = opt.param_groups[0]["lr"]  # the rate this step used
-            opt.step()
+            batch = to_device(batch, device)
+            y = batch[1]
+            out = train_step(model, method, opt, head_params, batch, device, cfg.amp, strategy,
+                             check=lambda values, e=epoch, k=step: guard.check(values, e, k))
             sched.step()
-            if dist is not None:
-                average_floating_buffers_(student)  # BN running statistics, equal on every rank
-                method.sync_buffers()
+            for name, v in out.values.items():
+                sums[f"loss/{name}"] += v * len(y)
+            for k, v in out.logs.items():
+                sums[k] += v * len(y)
             n_seen += len(y)
-            n_correct += int((s.logits.argmax(1) == y).sum())  # never true for an unlabelled clip (-1)
+            n_correct += int((out.logits.argmax(1) == y).sum())  # never true for an unlabelled clip (-1)
             sums["_labelled"] += float((y >= 0).sum())  # summed like the losses (and over ranks)
-        if dist is not None:
-            sums, n_seen, n_correct = reduce_epoch_sums(sums, n_seen, n_correct, device)
+        sums, n_seen, n_correct = strategy.reduce_epoch(sums, n_seen, n_correct, device)
         labelled = sums.pop("_labelled")
         metrics = {k: v / n_seen for k, v in sums.items()}
         metrics["loss/total"] = sum(v for k, v in metrics.items() if k.startswith("loss/"))
         metrics["train_top1"] = n_correct / max(labelled, 1.0)  # over the labelled training clips
-        metrics["lr"] = epoch_lr  # the rate of the epoch's last step
+        metrics["lr"] = out.lr  # the rate of the epoch's last step
         metrics["seconds"] = time.perf_counter() - t0
         if val_loader is not None:
-            val_top1 = None
-            if dist is None or dist.is_main:
-                pred = predict(student, method, val_loader, device, cfg.amp)
-                val_top1 = float((pred["logits"].argmax(1) == pred["labels"]).mean())
-            metrics["val_top1"] = val_top1 if dist is None else broadcast_float(val_top1, device)  # others wait
+            metrics["val_top1"] = strategy.on_main(lambda: _top1(student, method, val_loader, device, cfg.amp), device)
         history.append(metrics)
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
+        if on_epoch_end is not None and strategy.is_main:
+            on_epoch_end(epoch, metrics)
     return history
+
+
+def _top1(student: nn.Module, method: DistillMethod, loader: DataLoader, device: torch.device, amp: bool) -> float:
+    pred = predict(student, method, loader, device, amp)
+    return float((pred["logits"].argmax(1) == pred["labels"]).mean())

@@ -22,8 +22,8 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 
+from xmkd.collectives import average_floating_buffers_
 from xmkd.config import parse_section
-from xmkd.ddp import average_floating_buffers_
 from xmkd.errors import ConfigError
 from xmkd.models.student import StudentOutput
 
@@ -125,7 +125,7 @@ class DistillMethod(nn.Module):
 
     def sync_buffers(self) -> None:
         """Make this method's buffers equal on every rank of a DDP job; called by the training loop after each
-        optimiser step, on every rank, only in distributed training (:mod:`xmkd.ddp`).
+        optimiser step, on every rank, only in distributed training (:class:`xmkd.parallel.DataParallel`).
 
         Default: every floating-point buffer is averaged over the ranks (one collective). Right for running
         statistics and exponential moving averages of a batch mean (BatchNorm, XKD's centre): the update is

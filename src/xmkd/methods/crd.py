@@ -29,7 +29,7 @@ unit norm in expectation). For a batch of clips with training-set rows ``i_b``:
 5. memory update after scoring (official): ``M[i_b] <- normalise(m · M[i_b] + (1 - m) · z_b)``
    for both sides, m = ``nce_m``.
 
-Distributed training (DDP, :mod:`xmkd.ddp`): every rank holds the whole memory bank and must hold the same
+Distributed training (DDP, :mod:`xmkd.parallel`): every rank holds the whole memory bank and must hold the same
 one. In training, each rank's (rows, z_s, z_t) of the batch are gathered from all ranks (all_gather) and every
 rank applies the same update of step 5 for the global batch, as the single-process run does for its batch; Z
 is estimated from the global first batch (the ranks' estimates, on equal batch sizes, averaged). So
@@ -66,9 +66,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmkd.ddp import all_gather_rows, average_, is_distributed
+from xmkd.collectives import all_gather_rows, average_, is_distributed
 from xmkd.errors import ConfigError
-from xmkd.methods.base import DistillMethod, Dims, LossTerms, TeacherBatch, register
+from xmkd.methods.base import Dims, DistillMethod, LossTerms, TeacherBatch, register
 from xmkd.models.student import StudentOutput
 
 NCE_EPS = 1e-7  # official ``eps`` in crd/criterion.py

@@ -31,7 +31,7 @@ Omitted, with the reasons:
   like the other methods, so MLLD is compared at the common CE weight.
 
 Under DDP the batch- and class-level terms are computed over each rank's share of the batch, like the
-other in-batch terms (see :mod:`xmkd.ddp`).
+other in-batch terms (see :mod:`xmkd.parallel`).
 """
 
 from __future__ import annotations
