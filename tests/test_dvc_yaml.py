@@ -62,14 +62,17 @@ def test_metrics_are_the_headline_files_only() -> None:
     assert "metrics/eval/${item}.json" in _outs(DVC["stages"]["distill"])
 
 
-def test_artifacts_name_the_teacher_and_every_main_student() -> None:
+def test_artifacts_name_the_teacher_and_the_students() -> None:
+    """`teacher`, `students` (every run) and `student-<method>` for the main table's methods: each a valid name
+    and the path of a stage output. Not required for every method (a new method needs no edit of dvc.yaml:
+    `students` and `dvc get <repo> models/students/<run>` reach its checkpoints)."""
     arts = DVC["artifacts"]
     for name in arts:
         assert_name_is_valid(name)  # the name rule of `dvc artifacts` (GTO)
     assert arts["teacher"]["path"] in _outs(DVC["stages"]["train_teacher"])
     assert arts["students"]["path"] == "models/students"
     students = {n[len("student-") :]: a["path"] for n, a in arts.items() if n.startswith("student-")}
-    assert set(students) == set(PARAMS["methods"]), "add a `student-<method>` artifact to dvc.yaml for each method"
+    assert {"none", "kd", "mnf_csc"} <= set(students) <= set(PARAMS["methods"])
     assert all(p == f"models/students/{m}" for m, p in students.items())
     assert "models/students/${item}" in _outs(DVC["stages"]["distill"])
     assert all(a["type"] == "model" for a in arts.values())
