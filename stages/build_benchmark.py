@@ -8,13 +8,13 @@ metrics: ``metrics/dataset.json``. See :mod:`xmkd.data.benchmark`.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from xmkd.cli import run_main
 from xmkd.config import load_params
 from xmkd.data.benchmark import build_benchmark, config_from_params
+from xmkd.progress import progress_callback
 
 RAW_DIR = "data/raw"
 OUT_DIR = "data/benchmark"
@@ -28,12 +28,8 @@ def main() -> None:
 
     cfg = config_from_params(load_params())
     with stage_run("build_benchmark", {"benchmark": asdict(cfg)}) as run:
-
-        def progress(done: int, total: int) -> None:
-            if done % 1000 == 0 or done == total:
-                print(f"build_benchmark: {done}/{total} clips encoded", file=sys.stderr, flush=True)
-
-        result = build_benchmark(cfg, RAW_DIR, OUT_DIR, workers=WORKERS, progress=progress)
+        with progress_callback("build_benchmark: encoding", unit="clip") as progress:
+            result = build_benchmark(cfg, RAW_DIR, OUT_DIR, workers=WORKERS, progress=progress)
         metrics = {f"{split}_{k}": v for split, c in result.counts.items() for k, v in c.items()}
         metrics["pca_explained_variance_kept"] = result.recipe["pca"]["explained_variance_kept"]
         Path(METRICS).parent.mkdir(parents=True, exist_ok=True)

@@ -20,12 +20,13 @@ import numpy as np
 import torch
 
 from xmkd.cli import run_main
-from xmkd.data.sources import replace_dir
 from xmkd.config import load_params
 from xmkd.data.audio import logmel
-from xmkd.data.benchmark import config_from_params as benchmark_config, load_raw
+from xmkd.data.benchmark import config_from_params as benchmark_config
+from xmkd.data.benchmark import load_raw
 from xmkd.data.conditions import assign_conditions, render_variants
 from xmkd.data.features import FeatureCache, config_from_params
+from xmkd.data.sources import replace_dir
 from xmkd.teacher import embed, load_teacher
 from xmkd.tracking import stage_run
 
@@ -71,7 +72,7 @@ def main() -> None:
         try:
             for cond, w in waves.items():
                 mels = logmel(torch.from_numpy(w[order]), mel)
-                emb, logits = embed(model, mels)
+                emb, logits = embed(model, mels, desc=f"embed_conditions: {cond}")
                 logits = logits[:, order_lbl]
                 np.save(tmp / f"{cond}_embeddings.npy", emb)
                 np.save(tmp / f"{cond}_logits.npy", logits)

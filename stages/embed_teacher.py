@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 
 from xmkd.cli import run_main
-from xmkd.data.features import FeatureCache, config_from_params
 from xmkd.config import load_params
+from xmkd.data.features import FeatureCache, config_from_params
 from xmkd.errors import DataError
 from xmkd.teacher import embed, load_teacher
 from xmkd.tracking import stage_run
@@ -38,7 +38,7 @@ def main() -> None:
         )
     torch.set_num_threads(2)
     with stage_run("embed_teacher", params={"teacher_classes": classes}) as run:
-        emb, logits = embed(model, torch.from_numpy(np.array(cache.logmel)))
+        emb, logits = embed(model, torch.from_numpy(np.array(cache.logmel)), desc="embed_teacher")
         logits = logits[:, [classes.index(lbl) for lbl in cache.labels]]  # -> annotation label order
         test_idx = cache.indices("testing")
         correct = logits[test_idx].argmax(1) == cache.targets()[test_idx]

@@ -6,12 +6,12 @@ params: ``features``; outs: ``data/features``. See :mod:`xmkd.data.features`.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict
 
 from xmkd.cli import run_main
 from xmkd.config import load_params
 from xmkd.data.features import config_from_params, extract_features
+from xmkd.progress import progress_callback
 
 OUT_DIR = "data/features"
 
@@ -22,12 +22,8 @@ def main() -> None:
 
     cfg = config_from_params(load_params())
     with stage_run("extract_features", {"features": asdict(cfg)}) as run:
-
-        def progress(done: int, total: int) -> None:
-            if done % 500 == 0 or done == total:
-                print(f"extract_features: {done}/{total} files", file=sys.stderr, flush=True)
-
-        result = extract_features(cfg, OUT_DIR, progress=progress)
+        with progress_callback("extract_features: decoding", unit="video") as progress:
+            result = extract_features(cfg, OUT_DIR, progress=progress)
         metrics = {
             "n_annotated": float(result.n_annotated),
             "n_decoded": float(result.n_decoded),

@@ -75,8 +75,8 @@ def run_in(repo: Path, args: list[str], check: bool = True, timeout: float = 240
 
 
 def make_tiny_repo(dest: Path, params: dict[str, Any] | None = None) -> Path:
-    """A git + DVC repo at ``dest`` with this checkout's pipeline code and ``params`` (default: the tiny ones),
-    committed, nothing run yet."""
+    """A git + DVC repo at ``dest`` with this checkout's pipeline code, plot templates and ``params`` (default: the
+    tiny ones), committed, nothing run yet."""
     for name in ("dvc.yaml", ".gitignore", "pyproject.toml"):
         shutil.copy2(ROOT / name, dest / name)
     for d in ("stages", "src"):
@@ -87,6 +87,7 @@ def make_tiny_repo(dest: Path, params: dict[str, Any] | None = None) -> Path:
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, default_flow_style=False))
     run_in(dest, ["git", "init", "-q"])
     run_in(dest, ["dvc", "init", "-q"])
+    shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")  # the templates of dvc.yaml's `plots:`
     run_in(dest, ["git", "add", "-A"])
     run_in(dest, ["git", "commit", "-qm", "tiny pipeline"])
     return dest

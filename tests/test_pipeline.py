@@ -81,6 +81,49 @@ def test_exp_run_reruns_only_what_depends_on_csc(repo: Path) -> None:
     assert "summary.json" in text and "0.1" in text
 
 
+PLOTS = {"val_top1", "train_loss", "loss_terms", "robustness", "tau0", "reports/accuracy.png",
+         "reports/training_curves.png", "reports/robustness.png", "reports/tau0.png", "reports/ablations.png"}
+
+
+def test_plots_show_and_diff_two_experiments(repo: Path) -> None:
+    """`dvc plots show` writes the page of every plot; `dvc plots diff` overlays the baseline and the experiment of
+    the test above (csc.temperature 0.07 -> 0.1: the tau0 sweep's main point moves)."""
+    shown = json.loads(_run(["dvc", "plots", "show", "--json"], repo).stdout)["data"]
+    assert set(shown) == PLOTS
+    val = shown["val_top1"][0]["content"]
+    assert val["encoding"]["color"]["field"] == "method" and val["encoding"]["y"]["field"] == "val_top1"
+    assert {v["method"] for v in val["data"]["values"]} == set(TINY["methods"])  # one line per main run
+    terms = {v["term"] for v in shown["loss_terms"][0]["content"]["data"]["values"]}
+    assert {"ce", "kd"} <= terms
+    assert {(v["method"], v["rate"]) for v in shown["robustness"][0]["content"]["data"]["values"]} >= {
+        ("kd", 0.0), ("kd", 0.3), ("mnf_csc", 0.0), ("none", 0.0)}  # fmt: skip
+    _run(["dvc", "plots", "show"], repo)
+    page = (repo / "dvc_plots" / "index.html").read_text()
+    assert all(f'id = "{p}"' in page for p in ("val_top1", "loss_terms", "robustness", "tau0"))
+    exp = _run(["dvc", "exp", "list", "--name-only"], repo).stdout.split()
+    assert len(exp) == 1
+    diff = json.loads(_run(["dvc", "plots", "diff", "HEAD", exp[0], "--json"], repo).stdout)["data"]
+    assert set(diff) == PLOTS
+    tau0 = diff["tau0"][0]
+    assert set(tau0["revisions"]) == {"HEAD", exp[0]}
+    by_rev = {r: {v["tau0"] for v in tau0["content"]["data"]["values"] if v["rev"] == r} for r in tau0["revisions"]}
+    assert by_rev == {"HEAD": {0.07, 0.2}, exp[0]: {0.1, 0.2}}
+    assert len(diff["reports/tau0.png"]) == 2  # the report's image of each revision
+
+
+def test_exp_show_has_the_headline_metrics_only(repo: Path) -> None:
+    """`dvc exp show`: each run's top-1 and mAP with intervals (metrics/runs.json), the verdicts and paired
+    differences (metrics/summary.json), no per-seed columns (metrics/eval/<run>.json are plain outputs)."""
+    header = _run(["dvc", "exp", "show", "--csv"], repo).stdout.splitlines()[0].split(",")
+    assert not [c for c in header if c.startswith("metrics/eval/") or "seeds." in c]  # (metrics/eval: a dep column)
+    for run in RUNS:
+        for k in ("top1", "top1_ci_low", "top1_ci_high", "mAP", "mAP_ci_low", "mAP_ci_high"):
+            assert f"{run}.{k}" in header, (run, k)
+    assert {"verdict.claim", "verdict.premise", "paired.mnf_csc-none_top1"} <= set(header)
+    shown = json.dumps(json.loads(_run(["dvc", "exp", "show", "--json"], repo).stdout))
+    assert '"claim": "' in shown  # the verdict is a word, not a code
+
+
 def test_mistyped_override_is_rejected(repo: Path) -> None:
     proc = _run(["dvc", "exp", "run", "-S", "csc.temprature=0.2"], repo, check=False)
     assert proc.returncode != 0

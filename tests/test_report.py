@@ -19,7 +19,7 @@ import pytest
 
 from xmkd import stats
 from xmkd.errors import DataError
-from xmkd.report import Layout, ReportConfig, build_report, fmt_est, stage_of
+from xmkd.report import Headline, Layout, ReportConfig, build_report, fmt_est, stage_of
 
 SEEDS = (0, 1, 2)
 N_CLIPS = 200
@@ -158,7 +158,7 @@ CFG = ReportConfig(seeds=SEEDS, base_rate=0.3, base_tau0=0.07)
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Headline]:
     root = tmp_path_factory.mktemp("proj")
     write_fixture(root)
     # stale files that params no longer name: a removed method and an extra seed; they must be ignored
@@ -167,8 +167,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any
     ev = json.loads((root / "metrics/eval/none.json").read_text())
     ev["seeds"]["7"] = {"top1": 0.111}
     (root / "metrics/eval/none.json").write_text(json.dumps(ev))
-    summary = build_report(SPECS, CFG, Layout(root))
-    return root, summary
+    return root, build_report(SPECS, CFG, Layout(root))
 
 
 # ---------------------------------------------------------------------------- statistics by hand
@@ -233,7 +232,7 @@ def _section(md: str, title: str) -> str:
     return md[start : nxt if nxt > 0 else len(md)]
 
 
-def test_every_table_section_is_written(built: tuple[Path, dict[str, Any]]) -> None:
+def test_every_table_section_is_written(built: tuple[Path, Headline]) -> None:
     md = (built[0] / "reports/results.md").read_text()
     for title in (
         "## Summary",
@@ -262,7 +261,7 @@ def test_every_table_section_is_written(built: tuple[Path, dict[str, Any]]) -> N
     assert "| none |" not in gate
 
 
-def test_paired_differences(built: tuple[Path, dict[str, Any]]) -> None:
+def test_paired_differences(built: tuple[Path, Headline]) -> None:
     md = (built[0] / "reports/results.md").read_text()
     sec = _section(md, "## Paired differences")
     # mnf_csc - none = [0.05, 0.04, 0.03]: mean 4.0 pp, half-width 4.303 * 1 / sqrt(3) = 2.5 pp
@@ -279,14 +278,14 @@ def test_paired_differences(built: tuple[Path, dict[str, Any]]) -> None:
     assert "mnf_csc − crd on top-1: +1.3 pp (95% t interval over 3 seeds" in summary
     assert "no significant difference" in summary
     assert "**is not supported here**" in summary  # a claim of a win needs both intervals above zero
-    s = built[1]["paired"]
+    s = built[1].summary["paired"]
     assert s["mnf_csc-none_top1"] == pytest.approx(0.04)
     assert s["mnf_csc-none_top1_ci_low"] == pytest.approx(0.04 - T_975_2 * 0.01 / math.sqrt(3), abs=1e-6)
     assert s["mnf_csc-best_top1_ci_low"] < 0 < s["mnf_csc-best_top1_ci_high"]
     assert s["mnf_csc-best_top1_boot_low"] > 0
 
 
-def test_ablation_tau0_robustness_reverse_tables(built: tuple[Path, dict[str, Any]]) -> None:
+def test_ablation_tau0_robustness_reverse_tables(built: tuple[Path, Headline]) -> None:
     md = (built[0] / "reports/results.md").read_text()
     abl = _section(md, "## Ablations of MNF+CSC").splitlines()
     rows = [r for r in abl if r.startswith("| ") and not r.startswith("| run")]
@@ -318,8 +317,9 @@ def test_ablation_tau0_robustness_reverse_tables(built: tuple[Path, dict[str, An
     assert "- test_top1: 68.1%" in _section(md, "## Audio teacher")
 
 
-def test_csv_and_summary_outputs(built: tuple[Path, dict[str, Any]]) -> None:
-    root, summary = built
+def test_csv_and_summary_outputs(built: tuple[Path, Headline]) -> None:
+    root, head = built
+    summary, runs = head.summary, head.runs
     res = pd.read_csv(root / "reports/results.csv")
     assert list(res.columns) == ["run", "kind", "method", "label", "rate", "metric", "seed", "value"]
     assert set(res.run) == {s.name for s in SPECS}  # the stale fitnet file is ignored
@@ -334,21 +334,26 @@ def test_csv_and_summary_outputs(built: tuple[Path, dict[str, Any]]) -> None:
     assert (row.ci_low, row.ci_high) == pytest.approx((0.82 - 0.049683, 0.82 + 0.049683), abs=1e-6)
     auroc = summ[(summ.run == "mnf_csc") & (summ.metric == "gate_auroc")].iloc[0]
     assert auroc.n == 2
-    assert summary["main"]["none/top1"] == pytest.approx(0.82) and "fitnet/top1" not in summary["main"]
-    assert summary["robustness"] == pytest.approx(
-        {"none/0": 0.82, "none/0.3": 0.82, "none/0.6": 0.82, "kd/0": 0.84, "kd/0.3": 0.79, "kd/0.6": 0.71, "mnf_csc/0": 0.87, "mnf_csc/0.3": 0.86, "mnf_csc/0.6": 0.84}
-    )
+    # metrics/runs.json: every run of params (not the stale fitnet), top-1 and mAP with their t intervals
+    assert list(runs) == [s.name for s in SPECS]
+    assert runs["none"] == pytest.approx(
+        {"top1": 0.82, "top1_ci_low": 0.82 - 0.049683, "top1_ci_high": 0.82 + 0.049683,
+         "mAP": 0.77, "mAP_ci_low": 0.77 - 0.049683, "mAP_ci_high": 0.77 + 0.049683}, abs=1e-6
+    )  # fmt: skip
+    assert runs["reverse-kd"]["top1"] == pytest.approx(0.66) and runs["robust-kd-0.6"]["top1"] == pytest.approx(0.71)
+    assert not {"main", "robustness", "reverse"} & set(summary)  # the runs' own numbers are in runs.json only
+    assert summary["verdict"] == {"claim": "not supported", "premise": "the benchmark cannot test the claim"}
     assert summary["gain"] == pytest.approx(
         {"kd-none/0": 0.02, "kd-none/0.3": -0.03, "kd-none/0.6": -0.11, "mnf_csc-none/0": 0.05, "mnf_csc-none/0.3": 0.04}
         | {"mnf_csc-none/0.6": 0.02, "mnf_csc-kd/0": 0.03, "mnf_csc-kd/0.3": 0.07, "mnf_csc-kd/0.6": 0.13}
     )
-    assert summary["reverse"] == pytest.approx({"none/top1": 0.62, "kd/top1": 0.66})
-    assert summary["ablation"]["no_mnf/delta_top1"] == pytest.approx(-0.06)
-    json.dumps(summary, allow_nan=False)  # valid JSON for DVC: no NaN
-    assert all(not isinstance(v, dict) for d in summary.values() for v in d.values())  # 2 levels
+    assert summary["ablation"] == pytest.approx({"no_mnf/delta_top1": -0.06, "tau0_0.2/delta_top1": -0.006667}, abs=1e-6)
+    for d in (summary, runs):
+        json.dumps(d, allow_nan=False)  # valid JSON for DVC: no NaN
+        assert all(not isinstance(v, dict) for sec in d.values() for v in sec.values())  # 2 levels
 
 
-def test_every_plot_is_a_png(built: tuple[Path, dict[str, Any]]) -> None:
+def test_every_plot_is_a_png(built: tuple[Path, Headline]) -> None:
     import matplotlib.image as mpimg
 
     for name in ("accuracy.png", "tau0.png", "robustness.png", "ablations.png", "training_curves.png"):
@@ -357,6 +362,29 @@ def test_every_plot_is_a_png(built: tuple[Path, dict[str, Any]]) -> None:
         img = mpimg.imread(p)
         assert img.shape[0] >= 300 and img.shape[1] >= 500, (name, img.shape)
         assert img[..., :3].std() > 0.05, name  # not a blank canvas
+
+
+def test_dvc_plot_data(built: tuple[Path, Headline]) -> None:
+    """reports/plots/*.json: the records dvc.yaml's `plots:` draw (seed means per epoch; top-1 with intervals)."""
+    plots = built[0] / "reports/plots"
+    training = json.loads((plots / "training.json").read_text())
+    assert {r["method"] for r in training} == {"none", "kd", "crd", "mnf_csc"}  # the main runs
+    none3 = next(r for r in training if r["run"] == "none" and r["epoch"] == 3)
+    assert none3["val_top1"] == pytest.approx(0.82) and none3["train_top1"] == pytest.approx(0.9)  # seed means
+    assert [r["epoch"] for r in training if r["run"] == "kd"] == [1, 2, 3]
+    terms = json.loads((plots / "loss_terms.json").read_text())
+    assert [(r["term"], r["epoch"], r["value"]) for r in terms if r["run"] == "kd"] == [
+        ("ce", 1, 2.0), ("ce", 2, 1.0), ("ce", 3, 0.666667)]  # fmt: skip (rounded to 6 decimals)
+    robust = {(r["method"], r["rate"]): r for r in json.loads((plots / "robustness.json").read_text())}
+    assert {k: r["top1"] for k, r in robust.items()} == pytest.approx(
+        {("none", 0.0): 0.82, ("none", 0.3): 0.82, ("none", 0.6): 0.82, ("kd", 0.0): 0.84, ("kd", 0.3): 0.79,
+         ("kd", 0.6): 0.71, ("mnf_csc", 0.0): 0.87, ("mnf_csc", 0.3): 0.86, ("mnf_csc", 0.6): 0.84}
+    )  # fmt: skip
+    assert robust[("kd", 0.3)]["run"] == "kd" and robust[("kd", 0.6)]["run"] == "robust-kd-0.6"
+    assert robust[("none", 0.0)]["ci_low"] == pytest.approx(0.82 - 0.049683, abs=1e-6)
+    tau0 = json.loads((plots / "tau0.json").read_text())
+    assert [(r["tau0"], r["run"]) for r in tau0] == [(0.07, "mnf_csc"), (0.2, "ablate-tau0_0.2")]
+    assert tau0[1]["top1"] == pytest.approx(0.853333, abs=1e-6)
 
 
 # ---------------------------------------------------------------------------- errors and edge cases
@@ -419,7 +447,7 @@ def test_one_seed_and_robustness_check(tmp_path: Path) -> None:
         "reverse-mnf_csc": [0.55, 0.5, 0.5],
     }
     write_fixture(tmp_path, specs, top1)
-    summary = build_report(specs, ReportConfig(seeds=(0,), base_rate=0.3, base_tau0=0.07), Layout(tmp_path))
+    head = build_report(specs, ReportConfig(seeds=(0,), base_rate=0.3, base_tau0=0.07), Layout(tmp_path))
     md = (tmp_path / "reports/results.md").read_text()
     assert "| none | 80.0 (1 seed, no interval) |" in md
     assert "| mnf_csc − none | top1 | +5.0 | 1 | – | no interval (one seed) |" in md
@@ -444,7 +472,9 @@ def test_one_seed_and_robustness_check(tmp_path: Path) -> None:
     build_report(more, ReportConfig(seeds=(0,), base_rate=0.3, base_tau0=0.07), Layout(tmp_path))
     md3 = (tmp_path / "reports/results.md").read_text()
     assert "the robustness runs use crd, pkt, rkd, which **include** the two best baselines" in md3
-    assert summary["paired"]["mnf_csc-none_top1_ci_low"] is None
+    assert head.summary["paired"]["mnf_csc-none_top1_ci_low"] is None
+    assert head.runs["none"] == {"top1": 0.8, "top1_ci_low": None, "top1_ci_high": None,
+                                 "mAP": 0.75, "mAP_ci_low": None, "mAP_ci_high": None}  # fmt: skip
     for name in ("tau0.png", "ablations.png"):  # sections absent from params still give a (labelled) PNG
         assert (tmp_path / "reports" / name).stat().st_size > 1000
 
@@ -452,16 +482,16 @@ def test_one_seed_and_robustness_check(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- the premise check
 
 
-def test_premise_fails_when_no_distiller_wins_on_both_intervals(built: tuple[Path, dict[str, Any]]) -> None:
+def test_premise_fails_when_no_distiller_wins_on_both_intervals(built: tuple[Path, Headline]) -> None:
     """The fixture at rate 0: kd − none = [0.03, 0.02, 0.01] (t interval 0.02 ± 0.0248: crosses zero), and
     no feature-level distiller ran at rate 0 (crd is a main run only)."""
-    root, summary = built
+    root, head = built
     md = (root / "reports/results.md").read_text()
     sec = _section(md, "## Premise check")
     assert "| kd − none | +2.0 | 3 | [-0.5, +4.5] | no significant difference |" in sec
     assert "Verdict: **the benchmark cannot test the claim**." in sec
     assert "Premise (a clean teacher helps" in _section(md, "## Summary")
-    p = summary["premise"]
+    p = head.summary["premise"]
     assert p["can_test_claim"] == 0.0 and p["kd-none_top1"] == pytest.approx(0.02)
     assert p["kd-none_ci_low"] == pytest.approx(0.02 - T_975_2 * 0.01 / math.sqrt(3), abs=1e-6)  # rounded to 6
     assert p["kd-none_boot_low"] > 0  # kd is right on a superset of none's clips for every seed
@@ -474,20 +504,21 @@ def test_premise_holds_with_a_feature_level_win(tmp_path: Path) -> None:
     specs = [*SPECS, Spec("robust-crd-0.0", "robustness", "crd", "crd", 0.0), Spec("robust-pkt-0.0", "robustness", "pkt", "pkt", 0.0)]
     top1 = TOP1 | {"robust-crd-0.0": [0.86, 0.88, 0.89], "robust-pkt-0.0": [0.81, 0.83, 0.85]}
     write_fixture(tmp_path, specs, top1)
-    summary = build_report(specs, CFG, Layout(tmp_path))
+    summary = build_report(specs, CFG, Layout(tmp_path)).summary
     sec = _section((tmp_path / "reports/results.md").read_text(), "## Premise check")
     # crd − none = [0.06, 0.06, 0.05]: mean 0.0567, std 0.00577, half-width 4.303 * 0.00577 / sqrt(3) = 0.0143
     assert "| crd − none | +5.7 | 3 | [+4.2, +7.1] | win |" in sec
     assert "pkt − none" not in sec
     assert "Verdict: **the benchmark can test the claim**." in sec
     assert summary["premise"]["can_test_claim"] == 1.0
+    assert summary["verdict"]["premise"] == "the benchmark can test the claim"
     assert summary["premise"]["feature-none_top1"] == pytest.approx(0.05667, abs=1e-5)
 
 
 def test_premise_uses_the_main_table_when_the_benchmark_is_clean(tmp_path: Path) -> None:
     specs = SPECS[:4]
     write_fixture(tmp_path, specs)
-    summary = build_report(specs, ReportConfig(seeds=SEEDS, base_rate=0.0, base_tau0=0.07), Layout(tmp_path))
+    summary = build_report(specs, ReportConfig(seeds=SEEDS, base_rate=0.0, base_tau0=0.07), Layout(tmp_path)).summary
     sec = _section((tmp_path / "reports/results.md").read_text(), "## Premise check")
     assert "| kd − none | -3.0 |" in sec and "| crd − none | +2.7 |" in sec  # main runs at rate 0
     assert summary["premise"]["can_test_claim"] == 0.0
@@ -498,7 +529,7 @@ def test_premise_uses_the_main_table_when_the_benchmark_is_clean(tmp_path: Path)
     assert "no distiller ran at irrelevant rate 0: add 0 to `robustness.rates`" in _section(md, "## Premise check")
 
 
-def test_gate_section_has_the_untrained_control_and_norm_ratio(built: tuple[Path, dict[str, Any]]) -> None:
+def test_gate_section_has_the_untrained_control_and_norm_ratio(built: tuple[Path, Headline]) -> None:
     md = (built[0] / "reports/results.md").read_text()
     sec = _section(md, "### MNF gate")
     assert "Untrained gate (control):" in sec and "untrained gate AUROC" in sec

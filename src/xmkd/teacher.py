@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from xmkd.data.audio import LogMelConfig, logmel
 from xmkd.errors import TrainingError
 from xmkd.models.teacher import AudioCNN, TeacherNetConfig
+from xmkd.progress import progress_bar
 from xmkd.train import resolve_device, seed_everything
 
 
@@ -88,11 +89,14 @@ def train_teacher(
     eval_mels = {k: (logmel(torch.from_numpy(w), mel), torch.from_numpy(y)) for k, (w, y) in eval_sets.items()}
     history = []
     n = len(labels)
+    steps = -(-n // cfg.batch_size)  # batches per epoch
+    bar = progress_bar(cfg.epochs * steps, "train_teacher", unit="batch")
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()
         order = rng.permutation(n)
         total, correct, loss_sum = 0, 0, 0.0
+        bar.set_description(f"train_teacher: epoch {epoch}/{cfg.epochs}")
         for start in range(0, n, cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
             wave = torch.from_numpy(np.stack([augment(rng, int(i)) for i in idx]))
@@ -108,6 +112,8 @@ def train_teacher(
             loss_sum += loss.item() * len(idx)
             correct += int((out.logits.argmax(1) == y).sum())
             total += len(idx)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / total:.3f}", refresh=False)
         sched.step()
         metrics = {"loss": loss_sum / total, "train_top1": correct / total, "seconds": time.perf_counter() - t0}
         for name, (x, y) in eval_mels.items():
@@ -116,19 +122,31 @@ def train_teacher(
         history.append(metrics)
         if on_epoch:
             on_epoch(epoch, metrics)
+    bar.close()
     return model.cpu().eval(), history
 
 
 @torch.no_grad()
-def embed(model: AudioCNN, mels: torch.Tensor, device: torch.device | None = None, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Run the frozen teacher on log-mels (N, n_mels, F) -> (embeddings (N, D), logits (N, C)) float32."""
+def embed(
+    model: AudioCNN,
+    mels: torch.Tensor,
+    device: torch.device | None = None,
+    batch: int = 256,
+    desc: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run the frozen teacher on log-mels (N, n_mels, F) -> (embeddings (N, D), logits (N, C)) float32.
+
+    ``desc``: when given, a progress bar with this text counts the clips (drawn on a terminal only).
+    """
     device = device or torch.device("cpu")
     model.eval()
     embs, logits = [], []
-    for start in range(0, len(mels), batch):
-        out = model(torch.as_tensor(mels[start : start + batch]).float().to(device))
-        embs.append(out.embedding.cpu().numpy())
-        logits.append(out.logits.cpu().numpy())
+    with progress_bar(len(mels), desc or "", unit="clip", disable=None if desc else True, leave=False) as bar:
+        for start in range(0, len(mels), batch):
+            out = model(torch.as_tensor(mels[start : start + batch]).float().to(device))
+            embs.append(out.embedding.cpu().numpy())
+            logits.append(out.logits.cpu().numpy())
+            bar.update(len(out.logits))
     return np.concatenate(embs).astype(np.float32), np.concatenate(logits).astype(np.float32)
 
 

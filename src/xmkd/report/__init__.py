@@ -7,8 +7,9 @@ differences, premise) -> :mod:`~xmkd.report.tables` (formatting, CSV frames, hea
 
 Outputs: ``reports/results.md``, ``results.csv`` (long: one row per run, seed, metric),
 ``summary.csv`` (per run and metric: mean, std, 95% CI, n), ``accuracy.png``, ``tau0.png``,
-``robustness.png``, ``ablations.png``, ``training_curves.png``, and the headline dict written to
-``metrics/summary.json`` by the stage.
+``robustness.png``, ``ablations.png``, ``training_curves.png``, the data of the DVC plots in ``reports/plots/``
+(:mod:`~xmkd.report.plotdata`), and the headline numbers (:class:`~xmkd.report.tables.Headline`) that the stage
+writes to ``metrics/summary.json`` and ``metrics/runs.json``.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from pathlib import Path
 
 from xmkd.report.analysis import Analysis, analyse
 from xmkd.report.load import Layout, ReportConfig, RunData, RunSpecLike, stage_of
+from xmkd.report.plotdata import write_plot_data
 from xmkd.report.plots import plot_ablations, plot_accuracy, plot_robustness, plot_tau0, plot_training_curves
-from xmkd.report.tables import flat_metrics, fmt_est, headline, results_frame, summary_frame
+from xmkd.report.tables import Headline, flat_metrics, fmt_est, headline, results_frame, run_headline, summary_frame
 from xmkd.report.text import markdown
 
 __all__ = [
     "Analysis",
+    "Headline",
     "Layout",
     "ReportConfig",
     "RunData",
@@ -34,27 +37,30 @@ __all__ = [
     "fmt_est",
     "headline",
     "markdown",
+    "run_headline",
     "stage_of",
 ]
 
 
 def build_report(
-    specs: Sequence[RunSpecLike], cfg: ReportConfig, layout: Layout = Layout(), out_dir: Path | None = None
-) -> dict[str, dict[str, float | None]]:
-    """Write every table and plot of the report to ``out_dir`` (default ``layout.reports``).
+    specs: Sequence[RunSpecLike], cfg: ReportConfig, layout: Layout | None = None, out_dir: Path | None = None
+) -> Headline:
+    """Write every table and plot of the report to ``out_dir`` (default ``layout.reports``), the DVC plots' data
+    to ``<out_dir>/plots``.
 
     Args:
         specs: every run named in params, in params order (:func:`xmkd.runs.run_specs`).
         cfg: seeds, benchmark rate, main τ0 and statistics settings (:meth:`ReportConfig.from_params`).
-        layout: where the input files are.
+        layout: where the input files are (default: the current directory's).
         out_dir: output folder (created).
 
     Returns:
-        The headline dict for ``metrics/summary.json`` (see :func:`headline`).
+        The headline numbers for ``metrics/summary.json`` and ``metrics/runs.json`` (:class:`Headline`).
 
     Raises:
         DataError: an input file is missing or invalid; the message names the DVC stage to run.
     """
+    layout = layout or Layout()
     a = analyse(specs, cfg, layout)
     out = out_dir or layout.reports
     out.mkdir(parents=True, exist_ok=True)
@@ -66,4 +72,5 @@ def build_report(
     plot_robustness(a, out / "robustness.png")
     plot_ablations(a, out / "ablations.png")
     plot_training_curves(a, out / "training_curves.png")
-    return headline(a)
+    write_plot_data(a, out / "plots")
+    return Headline(headline(a), run_headline(a))

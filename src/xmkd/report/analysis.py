@@ -253,6 +253,38 @@ def premise_check(a: Analysis, cfg: ReportConfig, layout: Layout, rate: float = 
     return Premise(rate, diffs, best.spec.method if best else None, holds)
 
 
+CLAIM_HOLDS = "holds"
+CLAIM_FAILS = "does not hold"
+CLAIM_UNSUPPORTED = "not supported"
+CLAIM_UNCHECKED = "cannot be checked"
+
+
+def claim_diffs(a: Analysis) -> list[stats.PairedDifference]:
+    """The paired top-1 differences the paper's claim is judged on: ``mnf_csc − none`` and ``mnf_csc − best
+    baseline`` (those that ran)."""
+    return [d for k in ("none", "best") if (d := a.paired.get(f"mnf_csc-{k}/top1")) is not None]
+
+
+def claim_verdict(a: Analysis) -> str:
+    """Verdict on the claim of Xia et al. (arXiv 2304.07775) that MNF+CSC beats the baselines, on top-1.
+
+    Returns:
+        :data:`CLAIM_HOLDS` when every difference of :func:`claim_diffs` is a win on both its seed interval and
+        its bootstrap interval; :data:`CLAIM_FAILS` when one of them is a loss on either; :data:`CLAIM_UNCHECKED`
+        when mnf_csc, or both none and every baseline, are missing from ``methods``; else
+        :data:`CLAIM_UNSUPPORTED` (no interval excludes zero in either direction).
+    """
+    diffs = claim_diffs(a)
+    if a.full_mnf is None or not diffs:
+        return CLAIM_UNCHECKED
+    verdicts = [(d.seed_verdict, d.bootstrap_verdict) for d in diffs]
+    if all(sv == stats.WIN and bv == stats.WIN for sv, bv in verdicts):
+        return CLAIM_HOLDS
+    if any(stats.LOSS in v for v in verdicts):
+        return CLAIM_FAILS
+    return CLAIM_UNSUPPORTED
+
+
 def gain_grid(
     a: Analysis,
 ) -> tuple[dict[tuple[str, float], stats.PairedDifference], dict[tuple[str, float], stats.PairedDifference]]:

@@ -194,8 +194,18 @@ class Layout:
 
     @property
     def summary(self) -> Path:
-        """``metrics/summary.json``: headline metrics for ``dvc exp show``."""
+        """``metrics/summary.json``: the report's conclusions for ``dvc exp show`` (verdicts, paired differences)."""
         return self.root / "metrics" / "summary.json"
+
+    @property
+    def runs(self) -> Path:
+        """``metrics/runs.json``: each run's top-1 and mAP with intervals, for ``dvc exp show``."""
+        return self.root / "metrics" / "runs.json"
+
+    @property
+    def plot_data(self) -> Path:
+        """``reports/plots/``: the data files of the DVC plots (:mod:`xmkd.report.plotdata`)."""
+        return self.reports / "plots"
 
 
 @dataclass

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pandas as pd
 
 from xmkd import stats
-from xmkd.report.analysis import Analysis
+from xmkd.report.analysis import Analysis, claim_verdict
 from xmkd.report.load import DASH, DECIMALS, NON_PERCENT, RunData
 
 
@@ -104,41 +105,82 @@ def _r(x: float) -> float | None:
     return round(float(x), 6) if math.isfinite(x) else None
 
 
-def headline(a: Analysis) -> dict[str, dict[str, float | None]]:
-    """The compact (2-level) dict written to ``metrics/summary.json``; NaN becomes null."""
-    main = {f"{r.spec.label}/{m}": _r(a.est(r, m).mean) for r in a.main for m in ("top1", "mAP")}
-    paired: dict[str, float | None] = {}
+#: The headline metrics of each run in ``metrics/runs.json``.
+RUN_HEADLINE = ("top1", "mAP")
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The metrics files `dvc exp show` shows (the report's headline numbers; per-seed detail stays in outputs).
+
+    Attributes:
+        summary: ``metrics/summary.json``, the conclusions: the verdicts on the premise and on the claim
+            (strings), the paired differences with their intervals, the ablations' Δ top-1 and the gains over
+            none (see :func:`headline`).
+        runs: ``metrics/runs.json``, run name -> top-1 and mAP, mean over seeds and t interval (see
+            :func:`run_headline`).
+    """
+
+    summary: dict[str, dict[str, float | str | None]]
+    runs: dict[str, dict[str, float | None]]
+
+
+def run_headline(a: Analysis) -> dict[str, dict[str, float | None]]:
+    """``metrics/runs.json``: for every run in params, ``top1``, ``top1_ci_low``, ``top1_ci_high``, ``mAP``,
+    ``mAP_ci_low``, ``mAP_ci_high`` (fractions: mean over seeds and its t interval; null when undefined, e.g.
+    the interval of one seed)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for name, r in a.runs.items():
+        out[name] = {}
+        for m in RUN_HEADLINE:
+            e = a.est(r, m)
+            out[name] |= {m: _r(e.mean), f"{m}_ci_low": _r(e.ci_low), f"{m}_ci_high": _r(e.ci_high)}
+    return out
+
+
+def headline(a: Analysis) -> dict[str, dict[str, float | str | None]]:
+    """The compact (2-level) dict written to ``metrics/summary.json``; NaN becomes null.
+
+    Sections: ``verdict`` (``premise``: :data:`~xmkd.report.load.PREMISE_HOLDS` or ``PREMISE_FAILS``;
+    ``claim``: :func:`~xmkd.report.analysis.claim_verdict`), ``paired`` (mnf_csc against none and the best
+    baseline, with seed and bootstrap intervals), ``premise`` (the distillers against none at rate 0),
+    ``ablation`` (Δ top-1 of each ablation against mnf_csc), ``gain`` (each method against none, and mnf_csc
+    against each method, at every irrelevant-sound rate). The runs' own numbers are in :func:`run_headline`.
+    """
+    paired: dict[str, float | str | None] = {}
     for key, d in a.paired.items():
         pre = key.replace("/", "_")  # mnf_csc-none_top1
         e = d.seed_estimate
         paired |= {pre: _r(e.mean), f"{pre}_ci_low": _r(e.ci_low), f"{pre}_ci_high": _r(e.ci_high)}
         if d.bootstrap is not None:
             paired |= {f"{pre}_boot_low": _r(d.bootstrap.ci_low), f"{pre}_boot_high": _r(d.bootstrap.ci_high)}
-    robust = {f"{m}/{rate:g}": _r(a.est(r, "top1").mean) for (m, rate), r in sorted(a.robust_grid.items())}
-    out: dict[str, dict[str, float | None]] = {"main": main, "paired": paired}
+    verdict: dict[str, float | str | None] = {"claim": claim_verdict(a)}
+    out: dict[str, dict[str, float | str | None]] = {"verdict": verdict, "paired": paired}
     if a.premise is not None:
-        prem: dict[str, float | None] = {"can_test_claim": 1.0 if a.premise.holds else 0.0}
+        verdict["premise"] = a.premise.verdict if not a.premise.missing else "cannot be checked"
+        prem: dict[str, float | str | None] = {"can_test_claim": 1.0 if a.premise.holds else 0.0}
         for key, d in a.premise.diffs.items():
             e, b = d.seed_estimate, d.bootstrap
             prem |= {f"{key}-none_top1": _r(e.mean), f"{key}-none_ci_low": _r(e.ci_low), f"{key}-none_ci_high": _r(e.ci_high)}
             if b is not None:
                 prem |= {f"{key}-none_boot_low": _r(b.ci_low), f"{key}-none_boot_high": _r(b.ci_high)}
         out["premise"] = prem
-    if a.ablations:
-        out["ablation"] = {f"{r.spec.label}/top1": _r(a.est(r, "top1").mean) for r in a.ablations}
-        out["ablation"] |= {
+    if a.ablation_diffs:
+        out["ablation"] = {
             f"{a.runs[n].spec.label}/delta_top1": _r(d.seed_estimate.mean) for n, d in a.ablation_diffs.items()
         }
-    if robust:
-        out["robustness"] = robust
     if a.gains:
         out["gain"] = {f"{m}-none/{rate:g}": _r(d.seed_estimate.mean) for (m, rate), d in a.gains.items()}
         out["gain"] |= {f"mnf_csc-{m}/{rate:g}": _r(d.seed_estimate.mean) for (m, rate), d in a.versus.items()}
-    if a.reverse:
-        out["reverse"] = {f"{r.spec.label}/top1": _r(a.est(r, "top1").mean) for r in a.reverse}
     return out
 
 
-def flat_metrics(summary: dict[str, dict[str, float | None]]) -> dict[str, float]:
-    """``{"section/key": value}`` of the headline dict, nulls dropped (for MLflow)."""
-    return {f"{s}/{k}": float(v) for s, d in summary.items() for k, v in d.items() if v is not None}
+def flat_metrics(summary: dict[str, dict[str, float | str | None]]) -> dict[str, float]:
+    """``{"section/key": value}`` of a 2-level headline dict, numbers only (nulls and verdict strings dropped;
+    for MLflow)."""
+    return {
+        f"{s}/{k}": float(v)
+        for s, d in summary.items()
+        for k, v in d.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }

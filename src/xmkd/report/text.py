@@ -6,7 +6,16 @@ import math
 from typing import Any
 
 from xmkd import stats
-from xmkd.report.analysis import Analysis, Premise, _finite_or, _mean
+from xmkd.report.analysis import (
+    CLAIM_FAILS,
+    CLAIM_HOLDS,
+    Analysis,
+    Premise,
+    _finite_or,
+    _mean,
+    claim_diffs,
+    claim_verdict,
+)
 from xmkd.report.load import (
     ABLATION_COLUMNS,
     CONDITION_COLUMNS,
@@ -136,15 +145,14 @@ def _claim(a: Analysis) -> str:
     head = "The paper's claim (MNF+CSC beats the baselines, judged against none and the best baseline on top-1)"
     if a.full_mnf is None:
         return f"{head} cannot be checked: mnf_csc is not in `methods`."
-    diffs = [a.paired.get(f"mnf_csc-{k}/top1") for k in ("none", "best")]
-    diffs = [d for d in diffs if d is not None]
+    diffs = claim_diffs(a)
     if not diffs:
         return f"{head} cannot be checked: neither none nor a baseline is in `methods`."
-    verdicts = [(d.b, d.seed_verdict, d.bootstrap_verdict) for d in diffs]
-    detail = "; ".join(f"vs {b}: seeds {sv}, bootstrap {bv}" for b, sv, bv in verdicts)
-    if all(sv == stats.WIN and bv == stats.WIN for _, sv, bv in verdicts):
+    detail = "; ".join(f"vs {d.b}: seeds {d.seed_verdict}, bootstrap {d.bootstrap_verdict}" for d in diffs)
+    verdict = claim_verdict(a)
+    if verdict == CLAIM_HOLDS:
         return f"{head} **holds here**: both intervals exclude zero in mnf_csc's favour ({detail})."
-    if any(stats.LOSS in (sv, bv) for _, sv, bv in verdicts):
+    if verdict == CLAIM_FAILS:
         return f"{head} **does not hold here**: mnf_csc is significantly worse in at least one test ({detail})."
     return f"{head} **is not supported here** (a win needs an interval that excludes zero): {detail}."
 
