@@ -219,3 +219,39 @@ def test_teacher_trains_on_the_folds_training_containers_only(tmp_path: Path) ->
     s = classification_summary(np.array([0, 1, 1, 3]), np.array([0, 1, 2, 3]), 4)
     assert s["top1"] == 0.75 and s["mean_class_acc"] == 0.75
     assert s["f1_weighted"] == pytest.approx((1 + 2 / 3 + 0 + 1) / 4)
+
+
+def test_inner_split_never_uses_the_held_out_containers() -> None:
+    for f, held in corsmal.FOLDS.items():
+        train_c, val_c = corsmal.inner_split(f)
+        assert not set(held) & (set(train_c) | set(val_c)) and not set(train_c) & set(val_c)
+        assert len(train_c) == len(val_c) == 3
+    with pytest.raises(DataError, match="fold 5"):
+        corsmal.inner_split(5)
+
+
+def test_corsmal_runs_and_their_errors(tmp_path: Path) -> None:
+    from xmkd.corsmal_config import CorsmalRun, load_run, resolve_runs, write_configs
+    from xmkd.errors import ConfigError
+
+    params = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("params.yaml").read_text())
+    runs = resolve_runs(params)
+    assert list(runs)[: len(params["methods"])] == params["methods"]  # all 15 methods, then the ablations
+    assert [r.label for r in runs.values() if r.kind == "ablation"] == params["corsmal"]["ablations"]
+    abl = runs["ablate-no_csc"]
+    assert abl.method == "mnf_csc" and abl.sections["csc"].weight == 0.0 and runs["mnf_csc"].sections["csc"].weight == 1.0
+    assert abl.stage == "corsmal/dvc.yaml:ablate@no_csc" and runs["kd"].stage == "corsmal/dvc.yaml:distill@kd"
+    assert runs["kd"].folds == (0, 1, 2) and runs["kd"].seeds == tuple(params["seeds"])
+    paths = write_configs(params, tmp_path)
+    assert len(paths) == len(runs) and load_run(tmp_path / "kd.json") == runs["kd"]
+    assert CorsmalRun.from_json(runs["ablate-no_csc"].to_json()) == abl
+    bad = {**params, "corsmal": {**params["corsmal"], "ablations": ["no_mnf", "no_such"]}}
+    with pytest.raises(ConfigError, match="no_such"):
+        resolve_runs(bad)
+    bad = {**params, "corsmal": {**params["corsmal"], "train": {"epoch": 3}}}
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        resolve_runs(bad)
+    with pytest.raises(ConfigError, match="no 'corsmal' section"):
+        resolve_runs({k: v for k, v in params.items() if k != "corsmal"})
+    with pytest.raises(ConfigError, match="configs"):
+        load_run(tmp_path / "missing.json")

@@ -256,7 +256,7 @@ def calibrate(params: dict[str, Any], methods: list[str], split: str, folds: lis
     training containers; ``split`` ``inner`` (:func:`~xmkd.data.corsmal.inner_split`) or ``test`` (the held-out
     containers). Returns {method: {fold: {seed: metrics + train_top1}}}."""
     torch.set_num_threads(1)
-    runs = resolve_runs(params)
+    runs = resolve_runs({**params, "methods": list(dict.fromkeys(["none", *methods]))})
     recs = corsmal.scan(runs[methods[0]].root)
     seqs, audio = corsmal.load_views(recs, "video"), pack_sequences(corsmal.load_views(recs, "audio"))[:, 0]
     containers = np.array([r.container for r in recs])
