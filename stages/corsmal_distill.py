@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from xmkd.corsmal_paths import WORKER_MODULES
 from xmkd.workers import start_forkserver
 
 if __name__ == "__main__":
-    from xmkd.corsmal_run import WORKER_MODULES  # noqa: I001 - the fork server first, then the heavy imports
-
+    # The workers' fork server imports torch & co. on the other core while this process imports them below.
     start_forkserver(WORKER_MODULES)
 
 from xmkd.cli import run_main  # noqa: E402

@@ -1,5 +1,6 @@
-"""Where the CORSMAL pipeline (``corsmal/dvc.yaml``) writes, relative to the project root (standard library only,
-so the light stages import it without the training code)."""
+"""Where the CORSMAL pipeline (``corsmal/dvc.yaml``) writes, relative to the project root, and what its workers'
+fork server imports (standard library only, so a stage imports it before the training code: the light stages
+never import that, and the training stages start the fork server first, :mod:`xmkd.workers`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ PIPELINE = "corsmal/dvc.yaml"
 CONFIGS = OUT / "configs"
 REPORTS = OUT / "reports"
 SUMMARY = OUT / "metrics" / "summary.json"
+#: what the fork server of the (fold, seed) workers (:func:`xmkd.corsmal_run.run_all`) imports once
+WORKER_MODULES: tuple[str, ...] = ("xmkd.corsmal_run", "sklearn.metrics")
 
 
 def fold_dir(fold: int) -> Path:

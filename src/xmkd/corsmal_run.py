@@ -36,7 +36,7 @@ import torch
 import yaml
 
 from xmkd.corsmal_config import CorsmalRun, corsmal_config, load_run, resolve_runs
-from xmkd.corsmal_paths import fold_dir, run_fold_dir
+from xmkd.corsmal_paths import WORKER_MODULES, fold_dir, run_fold_dir
 from xmkd.data import corsmal
 from xmkd.data.sequences import SequenceClips, pack_sequences, pad_collate
 from xmkd.distill import few_labels, save_checkpoint
@@ -47,8 +47,6 @@ from xmkd.sequence_teacher import classification_summary, embed_all, train_teach
 from xmkd.train import TrainConfig, predict, seed_everything, train
 from xmkd.workers import forkserver_context, seed_worker_init, terminate_workers
 
-#: what the fork server of the (fold, seed) workers imports once
-WORKER_MODULES: tuple[str, ...] = ("xmkd.corsmal_run", "sklearn.metrics")
 METRICS = ("top1", "mean_class_acc", "f1_weighted", "f1_best_epoch")
 
 
