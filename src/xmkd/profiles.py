@@ -14,7 +14,10 @@ Command line (run from the project root)::
     python -m xmkd.profiles run ucf51 paper           # several profiles, combined in order: -n ucf51-paper
 
 A profile can also *remove* keys, e.g. entries of a mapping such as ``ablations``, with a top-level list
-``remove: [ablations.no_csc, ...]`` (dotted keys, each applied as ``-S '~key'``, Hydra's delete).
+``remove: [ablations.no_csc, ...]`` (dotted keys, each applied as ``-S '~key'``, Hydra's delete), and name the
+pipeline it runs with a top-level list ``targets: [corsmal/dvc.yaml]`` (passed to ``dvc exp run``; default: the
+project's dvc.yaml). A profile may consist of ``targets`` alone (``corsmal``: the CORSMAL pipeline as params.yaml
+sets it).
 
 Before anything is printed or run, the profile is validated against params.yaml: every key must already exist
 there (a typo names the closest existing key), a mapping cannot replace a value or the reverse, and (for ``run``)
@@ -43,6 +46,7 @@ from xmkd.errors import ConfigError, XmkdError
 
 PROFILES_DIR = "profiles"
 REMOVE = "remove"  # a profile's top-level list of dotted params keys it deletes (not a params.yaml key)
+TARGETS = "targets"  # a profile's top-level list of dvc.yaml files / stages for `dvc exp run` (not a params key)
 # One component of a key in Hydra's override grammar (hydra-core 1.3, OverrideLexer.g4: ID).
 _HYDRA_ID = re.compile(r"^[A-Za-z_$][A-Za-z0-9_\-$]*$")
 
@@ -129,9 +133,22 @@ def removals(profile: dict[str, Any]) -> list[str]:
     return keys
 
 
+def targets(profile: dict[str, Any]) -> list[str]:
+    """The ``dvc exp run`` targets the profile names (its top-level ``targets`` list; empty = dvc.yaml).
+
+    Raises:
+        ConfigError: ``targets`` is not a list of non-empty strings.
+    """
+    ts = profile.get(TARGETS, [])
+    if not isinstance(ts, list) or not all(isinstance(t, str) and t for t in ts):
+        raise ConfigError(f"profile '{TARGETS}' must be a list of dvc.yaml files or stages, e.g. [corsmal/dvc.yaml]; "
+                          f"got {ts!r}.")
+    return ts
+
+
 def _settings(profile: dict[str, Any]) -> dict[str, Any]:
-    """The profile without its ``remove`` list: the keys it sets."""
-    return {k: v for k, v in profile.items() if k != REMOVE}
+    """The profile without its ``remove`` and ``targets`` lists: the keys it sets."""
+    return {k: v for k, v in profile.items() if k not in (REMOVE, TARGETS)}
 
 
 def validate(params: dict[str, Any], profile: dict[str, Any]) -> None:
@@ -142,6 +159,7 @@ def validate(params: dict[str, Any], profile: dict[str, Any]) -> None:
         ConfigError: an unknown key (the closest existing dotted key is named), or a mapping where params.yaml
             has a value (or the reverse), or a key both removed and set.
     """
+    targets(profile)  # a well-formed list
     known = _all_keys(params)
     set_keys = _all_keys(_settings(profile))
     for key in removals(profile):
@@ -304,6 +322,10 @@ def _strict_sections(merged: dict[str, Any], sections: set[str]) -> None:
         from xmkd.teacher_import import TeacherImportConfig
 
         checks.append(lambda: parse_section(TeacherImportConfig, merged.get("teacher_import"), "teacher_import"))
+    if "corsmal" in sections:
+        from xmkd.corsmal_config import resolve_runs
+
+        checks.append(lambda: resolve_runs(merged))
     from xmkd.config import parse_section
     from xmkd.methods import known_methods, method_class
 
@@ -332,6 +354,9 @@ def combine(profiles: Sequence[dict[str, Any]]) -> dict[str, Any]:
         put(out, _settings(p))
     if removed:
         out[REMOVE] = list(dict.fromkeys(removed))
+    named = [t for p in profiles for t in targets(p)]
+    if named:
+        out[TARGETS] = list(dict.fromkeys(named))
     return out
 
 
@@ -354,23 +379,30 @@ def check(
     for part in parts:
         validate(params, part)  # each profile on its own, so an error names keys as its file has them
     profile = combine(parts)
+    lacking = [t for t in targets(profile) if t.endswith(".yaml") and not (root / t).is_file()]
+    if lacking:
+        raise ConfigError(f"profile targets {lacking}, which this checkout does not have: fix the profile's "
+                          f"'{TARGETS}' list.")
     merged = merge(params, profile)
     if strict:
-        _strict_sections(merged, set(_settings(profile)) | {k.split('.')[0] for k in removals(profile)})
+        touched = set(_settings(profile)) | {k.split(".")[0] for k in removals(profile)}
+        if any(t.startswith("corsmal") for t in targets(profile)):
+            touched.add("corsmal")
+        _strict_sections(merged, touched)
     return profile, merged
 
 
 def run_command(
     name: str | Sequence[str], profile: dict[str, Any], exp_name: str | None = None, extra: Sequence[str] = ()
 ) -> list[str]:
-    """The ``dvc exp run -n <exp_name or the profile names joined by '-'> -S ... <extra>`` command line."""
+    """The ``dvc exp run -n <exp_name or the profile names joined by '-'> -S ... <extra> <targets>`` command line."""
     names = [name] if isinstance(name, str) else list(name)
     dvc = Path(sys.executable).parent / "dvc"  # the project's dvc, also when .venv is not activated
     default = "-".join(Path(n).stem for n in names)
     cmd = [str(dvc) if dvc.exists() else "dvc", "exp", "run", "-n", exp_name or default]
     for o in to_overrides(profile):
         cmd += ["-S", o]
-    return cmd + list(extra)
+    return cmd + list(extra) + targets(profile)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -405,7 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             profile, _ = check(args.name, strict=False)
             params = load_params(repo_root() / "params.yaml")
             rows = diff(params, profile)
-            width = max(len(k) for k, _, _ in rows)
+            if targets(profile):
+                print(f"runs: {' '.join(targets(profile))}")
+            width = max((len(k) for k, _, _ in rows), default=0)
             for k, old, new in rows:
                 mark = "  (unchanged)" if old == new else ""
                 shown = new if new is REMOVED else format_value(new)

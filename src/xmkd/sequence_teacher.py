@@ -5,26 +5,19 @@ As the source's audio model (v-iashin/CORSMAL, "VGGish + GRU"; Iashin et al., ar
 never read) is the embedding, a linear layer the logits. Trained with Adam and cross-entropy on the fold's
 ``training`` recordings, the last epoch's model is used (no selection), then frozen; it embeds every recording.
 
-CLI (writes the same ``data/teacher`` files as ``embed_teacher``, plus ``metrics/teacher.json``)::
-
-    python -m xmkd.sequence_teacher --fold 0 [--root DIR] [--out data/teacher] [--metrics metrics/teacher.json]
+The CORSMAL pipeline's stage ``teacher@<fold>`` (``stages/corsmal_teacher.py``) writes, per fold, the same files
+as the main pipeline's ``embed_teacher`` (``embeddings.npy``, ``logits.npy``, ``ids.txt``) and its metrics.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import f1_score
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
-
-from xmkd.data import corsmal
 
 
 @dataclass(frozen=True)
@@ -94,48 +87,22 @@ def embed_all(model: GRUTeacher, audio: np.ndarray, batch: int = 256) -> tuple[n
             torch.cat([o[1] for o in outs]).numpy().astype(np.float32))
 
 
-def fold_teacher(arrays: corsmal.CorsmalArrays, fold: int, cfg: SequenceTeacherConfig
-                 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Train on ``fold``'s training containers, embed every recording; metrics on both subsets."""
-    audio = arrays.audio[:, 0]
-    tr, te = arrays.subset_indices(fold, "training"), arrays.subset_indices(fold, "testing")
-    model, losses = train_teacher(audio, arrays.labels, tr, cfg)
+def fold_teacher(audio: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
+                 cfg: SequenceTeacherConfig, num_classes: int = 4,
+                 ) -> tuple[np.ndarray, np.ndarray, dict[str, float], list[float]]:
+    """Train on ``train_idx`` only, embed every recording; metrics on both subsets.
+
+    Args:
+        audio: (N, T, 129) packed VGGish sequences (mask last). labels: (N,) int64. train_idx, test_idx: rows.
+
+    Returns:
+        (embeddings (N, hidden), logits (N, C), metrics {train_/test_ top1, mean_class_acc, f1_weighted,
+        num_train, num_test, final_loss}, per-epoch training losses).
+    """
+    model, losses = train_teacher(audio, labels, train_idx, cfg, num_classes)
     emb, logits = embed_all(model, audio)
     pred = logits.argmax(1)
-    metrics = {f"train_{k}": v for k, v in classification_summary(pred[tr], arrays.labels[tr], 4).items()}
-    metrics |= {f"test_{k}": v for k, v in classification_summary(pred[te], arrays.labels[te], 4).items()}
-    metrics |= {"fold": float(fold), "num_train": float(len(tr)), "num_test": float(len(te)), "final_loss": losses[-1]}
-    return emb, logits, metrics
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI: see the module docstring."""
-    ap = argparse.ArgumentParser(prog="python -m xmkd.sequence_teacher")
-    ap.add_argument("--fold", type=int, required=True)
-    ap.add_argument("--root", default=None)
-    ap.add_argument("--out", default="data/teacher")
-    ap.add_argument("--metrics", default="metrics/teacher.json")
-    ap.add_argument("--epochs", type=int, default=SequenceTeacherConfig.epochs)
-    args = ap.parse_args(argv)
-
-    def run() -> None:
-        torch.set_num_threads(1)
-        arrays = corsmal.load_arrays(corsmal.scan(args.root))
-        emb, logits, metrics = fold_teacher(arrays, args.fold, SequenceTeacherConfig(epochs=args.epochs))
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, arr in (("embeddings", emb), ("logits", logits)):
-            np.save(out / f".{name}.tmp.npy", arr)
-            os.replace(out / f".{name}.tmp.npy", out / f"{name}.npy")
-        (out / "ids.txt").write_text("".join(f"{i}\n" for i in arrays.ids))
-        Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.metrics).write_text(json.dumps({k: round(v, 6) for k, v in sorted(metrics.items())}, indent=1) + "\n")
-        print(f"fold {args.fold}: teacher test top-1 {metrics['test_top1']:.4f}, F1 {metrics['test_f1_weighted']:.4f}")
-
-    from xmkd.cli import run_main
-
-    run_main(run)
-
-
-if __name__ == "__main__":
-    main()
+    metrics = {f"train_{k}": v for k, v in classification_summary(pred[train_idx], labels[train_idx], num_classes).items()}
+    metrics |= {f"test_{k}": v for k, v in classification_summary(pred[test_idx], labels[test_idx], num_classes).items()}
+    metrics |= {"num_train": float(len(train_idx)), "num_test": float(len(test_idx)), "final_loss": losses[-1]}
+    return emb, logits, metrics, losses

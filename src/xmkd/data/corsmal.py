@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from xmkd.data.sequences import load_sequence, pack_sequences
+from xmkd.data.sequences import load_sequence
 from xmkd.errors import DataError
 
 LABELS = ["empty", "pasta", "rice", "water"]
@@ -71,6 +71,19 @@ def fold_subset(container: int, fold: int) -> str:
     if fold not in FOLDS:
         raise DataError(f"CORSMAL fold {fold} does not exist: use 0, 1 or 2 (held-out containers {FOLDS}).")
     return "testing" if container in FOLDS[fold] else "training"
+
+
+def inner_split(fold: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(training containers, validation containers) for calibrating inside ``fold``'s training containers: the
+    held-out containers of fold k + 2 train, those of fold k + 1 validate (mod 3); fold k's own held-out
+    containers are never used. E.g. fold 0 (held out {3, 6, 9}): train on {1, 4, 7}, validate on {2, 5, 8}.
+
+    Raises:
+        DataError: unknown fold.
+    """
+    if fold not in FOLDS:
+        raise DataError(f"CORSMAL fold {fold} does not exist: use 0, 1 or 2 (held-out containers {FOLDS}).")
+    return FOLDS[(fold + 2) % 3], FOLDS[(fold + 1) % 3]
 
 
 @dataclass(frozen=True)
@@ -137,45 +150,71 @@ def corsmal_annotation(recordings: list[Recording], fold: int) -> dict[str, Any]
     return {"labels": list(LABELS), "database": db}
 
 
-@dataclass
-class CorsmalArrays:
-    """All recordings, packed (:func:`xmkd.data.sequences.pack_sequences`), in :func:`scan` order.
+def load_views(recordings: list[Recording], modality: str = "video") -> list[list[np.ndarray]]:
+    """Every recording's checked feature sequences, ragged (not padded): 4 camera arrays (T, 512) for ``video``,
+    one (T, 128) for ``audio``; in ``recordings`` order.
+
+    Raises:
+        DataError: from :func:`xmkd.data.sequences.load_sequence`, naming the bad file; an unknown modality.
+    """
+    if modality == "video":
+        return [[load_sequence(p, VIDEO_DIM) for p in r.video] for r in recordings]
+    if modality == "audio":
+        return [[load_sequence(r.audio, AUDIO_DIM)] for r in recordings]
+    raise DataError(f"CORSMAL modality {modality!r}: use 'video' or 'audio'.")
+
+
+@dataclass(frozen=True)
+class FoldSplit:
+    """One fold's labels and subsets, read from its annotation (the output of the ``layouts corsmal`` command).
 
     Attributes:
-        ids: (N,) clip ids; containers: (N,) int; labels: (N,) int64 filling type.
-        video: (N, 4, T_v, 513) float32, the 4 cameras; audio: (N, 1, T_a, 129) float32.
+        ids: (N,) clip ids in the order of the recordings they were matched to.
+        labels: (N,) int64 class index into ``label_names``. subsets: (N,) ``training`` / ``testing``.
     """
 
     ids: list[str]
-    containers: np.ndarray
     labels: np.ndarray
-    video: np.ndarray
-    audio: np.ndarray
+    subsets: np.ndarray
+    label_names: list[str]
 
-    def subset_indices(self, fold: int, subset: str) -> np.ndarray:
-        """(n,) rows of ``subset`` (``training`` / ``testing``) in ``fold``."""
-        return np.flatnonzero([fold_subset(int(c), fold) == subset for c in self.containers]).astype(np.int64)
+    def indices(self, subset: str) -> np.ndarray:
+        """(n,) rows of ``subset``, ascending."""
+        return np.flatnonzero(self.subsets == subset).astype(np.int64)
 
 
-def load_arrays(recordings: list[Recording]) -> CorsmalArrays:
-    """Read and check every feature file of ``recordings`` (shape, dtype, finiteness) and pack them.
+def read_fold(annotation: str | os.PathLike[str], ids: list[str]) -> FoldSplit:
+    """Labels and subsets of the clips ``ids`` (e.g. :func:`scan` order) from a fold's annotation file.
 
     Raises:
-        DataError: from :func:`xmkd.data.sequences.load_sequence`, naming the bad file.
+        DataError: the file is missing or not an annotation, lacks one of ``ids``, or names a label outside its
+            ``labels`` list; the message says to re-run the layout.
     """
-    video = pack_sequences([[load_sequence(p, VIDEO_DIM) for p in r.video] for r in recordings])
-    audio = pack_sequences([[load_sequence(r.audio, AUDIO_DIM)] for r in recordings])
-    return CorsmalArrays(
-        [r.id for r in recordings], np.array([r.container for r in recordings]),
-        np.array([r.fields["type"] for r in recordings], np.int64), video, audio,
-    )
+    import json
+
+    path = Path(annotation)
+    hint = f"re-write it: python -m xmkd.data.layouts corsmal --fold K --out {path}"
+    try:
+        ann = json.loads(path.read_text())
+        names, db = list(ann["labels"]), ann["database"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path} is not a readable CORSMAL annotation ({type(e).__name__}: {e}): {hint}.") from None
+    lacking = [i for i in ids if i not in db]
+    if lacking:
+        raise DataError(f"{path} does not list {len(lacking)} of the {len(ids)} recordings (e.g. {lacking[0]}): "
+                        f"it is from another copy of the data; {hint}.")
+    bad = sorted({db[i]["label"] for i in ids} - set(names))
+    if bad:
+        raise DataError(f"{path} gives labels {bad} that are not in its 'labels' {names}: {hint}.")
+    labels = np.array([names.index(db[i]["label"]) for i in ids], np.int64)
+    return FoldSplit(list(ids), labels, np.array([db[i]["subset"] for i in ids]), names)
 
 
 def layout_command(root: str | None, fold: int, check: bool = True) -> dict[str, Any]:
     """``python -m xmkd.data.layouts corsmal``: scan ``root``, optionally check every file, return the annotation.
 
     Raises:
-        DataError: see :func:`scan`, :func:`corsmal_annotation`, :func:`load_arrays`.
+        DataError: see :func:`scan`, :func:`corsmal_annotation`, :func:`~xmkd.data.sequences.load_sequence`.
     """
     recs = scan(root)
     if check:

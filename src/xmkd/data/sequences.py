@@ -9,6 +9,7 @@ batch, with the validity mask as an extra last channel so that one tensor carrie
     packed[n, v, t,  D] = 1.0 for a real step, 0.0 for padding
 
 The sequence student (:mod:`xmkd.models.sequence`) splits the two again and masks the padded steps.
+:class:`SequenceClips` keeps the clips ragged and :func:`pad_collate` pads each batch to its own longest clip.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from xmkd.errors import DataError
 
@@ -94,3 +96,67 @@ def pack_sequences(seqs: Sequence[Sequence[np.ndarray]], max_len: int | None = N
 def unpack(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inverse of the packing: ``(features (..., T, D), mask (..., T) bool)``."""
     return packed[..., :-1], packed[..., -1] > 0.5
+
+
+def pad_views(views: Sequence[np.ndarray], t_max: int | None = None) -> np.ndarray:
+    """One clip's V views of (T_v, D) as (V, T, D + 1) float32, T = ``t_max`` or the longest T_v, mask last."""
+    return pack_sequences([views], t_max)[0]
+
+
+class SequenceClips(torch.utils.data.Dataset):
+    """Clips of one subset as ragged feature sequences, with their frozen teacher outputs (the batches of
+    :func:`xmkd.train.train`: student input, label, teacher embedding, teacher logits, position in the subset).
+
+    Unlike :class:`xmkd.train.ClipDataset` the clips are not padded to the longest clip of the data set: an item
+    is its own (V, T_i, D + 1) array and :func:`pad_collate` pads a batch to its longest clip, so a batch of
+    short clips costs little (CORSMAL: mean T 14, longest 67).
+
+    Args:
+        seqs: (N_all) clips, each V arrays (T, D) float32 (:func:`load_sequence`).
+        labels: (N_all,) int64. teacher_embedding: (N_all, D_t) float32. teacher_logits: (N_all, C) float32.
+        indices: rows of this subset.
+
+    Raises:
+        ValueError: arrays of different lengths, or an index out of range.
+    """
+
+    def __init__(self, seqs: Sequence[Sequence[np.ndarray]], labels: np.ndarray, teacher_embedding: np.ndarray,
+                 teacher_logits: np.ndarray, indices: np.ndarray) -> None:
+        n = len(seqs)
+        if not len(labels) == len(teacher_embedding) == len(teacher_logits) == n:
+            raise ValueError(f"{n} clips but {len(labels)} labels, {len(teacher_embedding)} teacher embeddings and "
+                             f"{len(teacher_logits)} teacher logits")
+        self.indices = np.asarray(indices, dtype=np.int64)
+        if len(self.indices) and not 0 <= self.indices.min() <= self.indices.max() < n:
+            raise ValueError(f"indices must lie in [0, {n}), got {self.indices.min()}..{self.indices.max()}")
+        self.clips = [pad_views(seqs[i]) for i in self.indices]
+        self.labels = torch.as_tensor(np.asarray(labels)[self.indices], dtype=torch.long)
+        self.emb = torch.as_tensor(np.asarray(teacher_embedding)[self.indices], dtype=torch.float32)
+        self.logits = torch.as_tensor(np.asarray(teacher_logits)[self.indices], dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def lengths(self) -> np.ndarray:
+        """(n,) padded length T_i of every clip of the subset (its longest view)."""
+        return np.array([c.shape[1] for c in self.clips], dtype=np.int64)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """(clip (V, T_i, D + 1) float32, label, teacher embedding (D_t,), teacher logits (C,), position i)."""
+        return torch.from_numpy(self.clips[i]), self.labels[i], self.emb[i], self.logits[i], i
+
+
+def pad_collate(
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]],
+) -> tuple[torch.Tensor, ...]:
+    """Stack :class:`SequenceClips` items, padding the clips to the batch's longest (zero features, mask 0).
+
+    Returns:
+        (clips (B, V, T_max, D + 1), labels (B,), embeddings (B, D_t), logits (B, C), positions (B,) int64).
+    """
+    clips, labels, emb, logits, pos = zip(*batch, strict=True)
+    t_max = max(c.shape[1] for c in clips)
+    x = clips[0].new_zeros(len(clips), clips[0].shape[0], t_max, clips[0].shape[2])
+    for k, c in enumerate(clips):
+        x[k, :, : c.shape[1]] = c
+    return x, torch.stack(labels), torch.stack(emb), torch.stack(logits), torch.as_tensor(pos, dtype=torch.long)
