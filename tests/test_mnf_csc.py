@@ -103,7 +103,7 @@ def test_mnf_side_terms_do_not_update_the_student() -> None:
 
 def test_registry_lists_known_methods_on_unknown_name() -> None:
     assert {"none", "kd", "mnf_csc"} <= set(known_methods())
-    with pytest.raises(ConfigError, match=r"unknown distillation method 'mnf-csc'.*kd, mlld, mnf_csc, none"):
+    with pytest.raises(ConfigError, match=r"unknown distillation method 'mnf-csc'.*kd, mfh, mlld, mnf_csc, none"):
         method_config("mnf-csc", {})
 
 
