@@ -23,7 +23,7 @@ from xmkd.data.benchmark.plan import _blocks, plan_split, round_half_up
 from xmkd.data.benchmark.provenance import PROVENANCE_COLUMNS
 from xmkd.data.benchmark.raw import RawData, esc50_pool, load_raw
 from xmkd.data.benchmark.render import prepare_digits, render_audio, render_video, trajectory
-from xmkd.data.sources import FSDD_DIR, MIRROR_ENV
+from xmkd.data.sources.layout import FSDD_DIR, MIRROR_ENV
 from xmkd.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from xmkd.data import codec
-from xmkd.data import sources as src
 from xmkd.data.benchmark.config import (
     AAC_BIT_RATE,
     BACKGROUND_RMS_FLOOR,
@@ -32,6 +31,7 @@ from xmkd.data.benchmark.plan import ClipPlan, plan_split
 from xmkd.data.benchmark.provenance import annotation, write_provenance
 from xmkd.data.benchmark.raw import RawData, load_raw
 from xmkd.data.benchmark.render import prepare_digits, render_audio, render_video
+from xmkd.data.sources import replace_dir
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def build_benchmark(
             "sources_sha256": raw.sources_sha256,
         }
         _dump(recipe, tmp / "recipe.json")
-        src.replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -11,9 +11,20 @@ from pathlib import Path
 
 import numpy as np
 
-from xmkd.data import sources as src
 from xmkd.data.benchmark.config import NUM_CLASSES
 from xmkd.data.mnist import read_idx_digits, read_mnist_csv
+from xmkd.data.sources.layout import (
+    ESC50_AUDIO_DIR,
+    ESC50_META,
+    FSDD_DIR,
+    MNIST_5K,
+    MNIST_IMAGES,
+    MNIST_LABELS,
+    SOURCES_FILE,
+)
+from xmkd.data.sources.manifest import load_manifest, sha256_file
+from xmkd.data.sources.mirror import check_raw
+from xmkd.data.sources.wav import read_wav
 from xmkd.errors import DataError
 
 _FSDD_NAME = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")
@@ -40,7 +51,7 @@ class RawData:
 
 
 def _load_wave(path: Path, rate: int) -> np.ndarray:
-    x, file_rate = src.read_wav(path, str(path))
+    x, file_rate = read_wav(path, str(path))
     mono = x.mean(axis=0) if x.shape[0] > 1 else x[0]
     if file_rate != rate:
         import torch
@@ -62,22 +73,22 @@ def load_raw(raw_dir: str | os.PathLike[str], sample_rate: int = 8000) -> RawDat
             without exactly 8 fold-4 clips.
     """
     root = Path(raw_dir)
-    src.check_raw(root)
-    manifest = src.load_manifest()  # only the verified files: stray extra files never enter the pools
+    check_raw(root)
+    manifest = load_manifest()  # only the verified files: stray extra files never enter the pools
     mnist = {
-        "train": read_mnist_csv(root / src.MNIST_5K),
-        "test": read_idx_digits(root / src.MNIST_IMAGES, root / src.MNIST_LABELS),
+        "train": read_mnist_csv(root / MNIST_5K),
+        "test": read_idx_digits(root / MNIST_IMAGES, root / MNIST_LABELS),
     }
-    fsdd = {Path(rel).name: _load_wave(root / rel, sample_rate) for rel in manifest.group(src.FSDD_DIR + "/")}
+    fsdd = {Path(rel).name: _load_wave(root / rel, sample_rate) for rel in manifest.group(FSDD_DIR + "/")}
     meta: dict[str, tuple[int, str]] = {}
-    with open(root / src.ESC50_META, newline="") as fh:
+    with open(root / ESC50_META, newline="") as fh:
         for row in csv.DictReader(fh):
-            if f"{src.ESC50_AUDIO_DIR}/{row['filename']}" in manifest.files:
+            if f"{ESC50_AUDIO_DIR}/{row['filename']}" in manifest.files:
                 meta[row["filename"]] = (int(row["target"]), row["category"])
-    esc50 = {name: _load_wave(root / src.ESC50_AUDIO_DIR / name, sample_rate) for name in sorted(meta)}
+    esc50 = {name: _load_wave(root / ESC50_AUDIO_DIR / name, sample_rate) for name in sorted(meta)}
     sha = None
-    if (root / src.SOURCES_FILE).is_file():
-        sha = src.sha256_file(root / src.SOURCES_FILE)
+    if (root / SOURCES_FILE).is_file():
+        sha = sha256_file(root / SOURCES_FILE)
     return RawData(mnist=mnist, fsdd=fsdd, esc50=esc50, esc50_meta=meta, sample_rate=sample_rate, sources_sha256=sha)
 
 
