@@ -1,6 +1,6 @@
 """Stage ``build_benchmark``: build the default audio-visual digit-video benchmark.
 
-deps: ``data/raw`` (and src/xmkd/data/{benchmark,mnist,sources}.py); params: ``benchmark``;
+deps: ``data/raw`` (and the modules this script imports, dvc.yaml); params: ``benchmark``;
 outs: ``data/benchmark`` (videos/<label>/<id>.mp4, annotation.json, provenance.parquet, recipe.json);
 metrics: ``metrics/dataset.json``. See :mod:`xmkd.data.benchmark`.
 """

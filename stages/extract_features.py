@@ -1,6 +1,6 @@
 """Stage ``extract_features``: decode every annotated video into ``data/features`` (frames + log-mels).
 
-deps: ``features.video_dir``, ``features.annotation`` (and src/xmkd/data/{video,features,audio}.py);
+deps: ``features.video_dir``, ``features.annotation`` (and the modules this script imports, dvc.yaml);
 params: ``features``; outs: ``data/features``. See :mod:`xmkd.data.features`.
 """
 

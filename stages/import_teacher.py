@@ -78,7 +78,7 @@ def main() -> None:
 
     Raises:
         ConfigError: no/invalid ``teacher_import`` section, or ``teacher_outputs.input`` != ``teacher_import.source``.
-        DataError: see :func:`xmkd.teacher_import.load_embeddings`; clips of the feature cache skipped.
+        DataError: see :func:`xmkd.teacher_import.embeddings.load_embeddings`; clips of the feature cache skipped.
     """
     params = load_params()
     section = params.get("teacher_import")

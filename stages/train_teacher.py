@@ -19,7 +19,8 @@ import torch
 
 from xmkd.cli import run_main
 from xmkd.config import load_params, parse_section
-from xmkd.data.benchmark import TARGET_RMS, esc50_pool, fsdd_pool, load_raw
+from xmkd.data.benchmark.config import TARGET_RMS
+from xmkd.data.benchmark.raw import esc50_pool, fsdd_pool, load_raw
 from xmkd.data.features import config_from_params
 from xmkd.teacher import TeacherConfig, make_augment, train_teacher
 from xmkd.tracking import stage_run

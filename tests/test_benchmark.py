@@ -15,9 +15,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xmkd.data import benchmark as bm
 from xmkd.data import codec
-from xmkd.data.sources import FSDD_DIR, MIRROR_ENV
+from xmkd.data.benchmark.build import BenchmarkResult, build_benchmark
+from xmkd.data.benchmark.config import AAC_BIT_RATE, CONDITIONS, SPLITS, TARGET_RMS, BenchmarkConfig, config_from_params
+from xmkd.data.benchmark.encode import encode_clip
+from xmkd.data.benchmark.plan import _blocks, plan_split, round_half_up
+from xmkd.data.benchmark.provenance import PROVENANCE_COLUMNS
+from xmkd.data.benchmark.raw import RawData, esc50_pool, load_raw
+from xmkd.data.benchmark.render import prepare_digits, render_audio, render_video, trajectory
+from xmkd.data.sources.layout import FSDD_DIR, MIRROR_ENV
 from xmkd.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,23 +32,23 @@ pytestmark = pytest.mark.skipif(
     not (MIRROR / FSDD_DIR).is_dir(), reason=f"data mirror {MIRROR} not found (set {MIRROR_ENV})"
 )
 
-SMALL = bm.BenchmarkConfig(n_train=40, n_val=10, n_test=20)
-PROVENANCE_NAMES = [name for name, _ in bm.PROVENANCE_COLUMNS]
+SMALL = BenchmarkConfig(n_train=40, n_val=10, n_test=20)
+PROVENANCE_NAMES = [name for name, _ in PROVENANCE_COLUMNS]
 
 
 @pytest.fixture(scope="module")
-def raw() -> bm.RawData:
-    return bm.load_raw(MIRROR, SMALL.sample_rate)
+def raw() -> RawData:
+    return load_raw(MIRROR, SMALL.sample_rate)
 
 
 @pytest.fixture(scope="module")
-def built(raw: bm.RawData, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bm.BenchmarkResult]:
+def built(raw: RawData, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BenchmarkResult]:
     out = tmp_path_factory.mktemp("bench") / "benchmark"
-    return out, bm.build_benchmark(SMALL, raw, out, workers=2)
+    return out, build_benchmark(SMALL, raw, out, workers=2)
 
 
 @pytest.fixture(scope="module")
-def provenance(built: tuple[Path, bm.BenchmarkResult]):  # noqa: ANN201 - pandas.DataFrame
+def provenance(built: tuple[Path, BenchmarkResult]):  # noqa: ANN201 - pandas.DataFrame
     import pyarrow.parquet as pq
 
     return pq.read_table(built[0] / "provenance.parquet").to_pandas()
@@ -56,7 +62,7 @@ def _digest(folder: Path) -> dict[str, str]:
     }
 
 
-def test_videos_are_real_mp4_with_h264_and_flac(built: tuple[Path, bm.BenchmarkResult], provenance) -> None:  # noqa: ANN001
+def test_videos_are_real_mp4_with_h264_and_flac(built: tuple[Path, BenchmarkResult], provenance) -> None:  # noqa: ANN001
     import av
 
     out, _ = built
@@ -81,15 +87,15 @@ def test_videos_are_real_mp4_with_h264_and_flac(built: tuple[Path, bm.BenchmarkR
         assert 0.04 < np.sqrt(np.mean((sound[0] / 32768.0) ** 2)) < 0.06  # TARGET_RMS, losslessly
 
 
-def test_decoded_content_matches_the_rendered_clip(built: tuple[Path, bm.BenchmarkResult], raw: bm.RawData) -> None:
+def test_decoded_content_matches_the_rendered_clip(built: tuple[Path, BenchmarkResult], raw: RawData) -> None:
     import av
 
     out, _ = built
-    plans = bm.plan_split(SMALL, "train", raw)[:3]
-    digits, _ = bm.prepare_digits(SMALL, raw, [p for s in bm.SPLITS for p in bm.plan_split(SMALL, s, raw)])
+    plans = plan_split(SMALL, "train", raw)[:3]
+    digits, _ = prepare_digits(SMALL, raw, [p for s in SPLITS for p in plan_split(SMALL, s, raw)])
     for p in plans:
-        frames = bm.render_video(p, digits[(p.mnist_origin, p.mnist_index)], SMALL)
-        audio = bm.render_audio(p, raw, SMALL.n_samples)
+        frames = render_video(p, digits[(p.mnist_origin, p.mnist_index)], SMALL)
+        audio = render_audio(p, raw, SMALL.n_samples)
         with av.open(str(out / p.path)) as c:
             decoded = np.stack([f.to_ndarray(format="gray") for f in c.decode(video=0)])
         with av.open(str(out / p.path)) as c:
@@ -98,7 +104,7 @@ def test_decoded_content_matches_the_rendered_clip(built: tuple[Path, bm.Benchma
         np.testing.assert_array_equal(sound, codec.pcm16(audio))  # FLAC: the rendered samples, to the bit
 
 
-def test_annotation_format(built: tuple[Path, bm.BenchmarkResult]) -> None:
+def test_annotation_format(built: tuple[Path, BenchmarkResult]) -> None:
     out, _ = built
     text = (out / "annotation.json").read_text()
     assert text.endswith("}\n")
@@ -116,7 +122,7 @@ def test_annotation_format(built: tuple[Path, bm.BenchmarkResult]) -> None:
         assert len(labels) == n and all(labels.count(str(d)) == n // 10 for d in range(10))
 
 
-def test_provenance_columns_and_split_hygiene(provenance, raw: bm.RawData) -> None:  # noqa: ANN001
+def test_provenance_columns_and_split_hygiene(provenance, raw: RawData) -> None:  # noqa: ANN001
     df = provenance
     assert list(df.columns) == PROVENANCE_NAMES and list(df["id"]) == sorted(df["id"])
     origin = {"training": "train", "validation": "train", "testing": "test"}
@@ -130,7 +136,7 @@ def test_provenance_columns_and_split_hygiene(provenance, raw: bm.RawData) -> No
     spoken = speech["fsdd_file"].str[0].astype(int)
     assert (spoken == speech["spoken_digit"]).all()
     assert ((takes < 5) == (speech["subset"] == "testing")).all()  # FSDD official split
-    test_pool, trainval_pool = set(bm.esc50_pool(raw, "test")), set(bm.esc50_pool(raw, "trainval"))
+    test_pool, trainval_pool = set(esc50_pool(raw, "test")), set(esc50_pool(raw, "trainval"))
     assert not test_pool & trainval_pool and len(test_pool) == 100 and len(trainval_pool) == 300
     for _, r in df.iterrows():
         assert r["esc50_file"] in (test_pool if r["subset"] == "testing" else trainval_pool)
@@ -145,12 +151,12 @@ def test_provenance_columns_and_split_hygiene(provenance, raw: bm.RawData) -> No
         assert 1.0 <= math.hypot(r["velocity_x"], r["velocity_y"]) <= 2.5
 
 
-def test_provenance_schema_is_fixed(built: tuple[Path, bm.BenchmarkResult]) -> None:
+def test_provenance_schema_is_fixed(built: tuple[Path, BenchmarkResult]) -> None:
     import pyarrow.parquet as pq
 
     table = pq.read_table(built[0] / "provenance.parquet")
     assert [(f.name, str(f.type)) for f in table.schema] == [
-        (n, {"string": "string", "int64": "int64", "float64": "double"}[k]) for n, k in bm.PROVENANCE_COLUMNS
+        (n, {"string": "string", "int64": "int64", "float64": "double"}[k]) for n, k in PROVENANCE_COLUMNS
     ]
     assert table.schema.metadata is None  # no pandas index / metadata
     cond = table.column("audio_condition").to_pylist()
@@ -158,12 +164,12 @@ def test_provenance_schema_is_fixed(built: tuple[Path, bm.BenchmarkResult]) -> N
     assert all((f is None) == (c == "background") for f, c in zip(files, cond, strict=True))
 
 
-def test_irrelevant_counts_are_exact(provenance, built: tuple[Path, bm.BenchmarkResult]) -> None:  # noqa: ANN001
+def test_irrelevant_counts_are_exact(provenance, built: tuple[Path, BenchmarkResult]) -> None:  # noqa: ANN001
     _, result = built
     for subset, split, n in (("training", "train", 40), ("validation", "val", 10), ("testing", "test", 20)):
         cond = provenance.loc[provenance["subset"] == subset, "audio_condition"]
-        n_irr = bm.round_half_up(SMALL.irrelevant_rate * n)
-        n_mis = bm.round_half_up(SMALL.mismatch_share * n_irr)
+        n_irr = round_half_up(SMALL.irrelevant_rate * n)
+        n_mis = round_half_up(SMALL.mismatch_share * n_irr)
         assert (cond != "clean").sum() == n_irr and (cond == "mismatched").sum() == n_mis
         assert result.counts[split] == {
             "clips": n,
@@ -177,15 +183,15 @@ def test_irrelevant_counts_are_exact(provenance, built: tuple[Path, bm.Benchmark
 
 
 def test_full_size_condition_counts_balanced_over_digits() -> None:
-    cfg = bm.BenchmarkConfig()
-    for split in bm.SPLITS:
+    cfg = BenchmarkConfig()
+    for split in SPLITS:
         n = cfg.n_clips(split)
         counts = np.zeros((10, 3), dtype=int)
-        for labels, cond in bm._blocks(cfg, split):
+        for labels, cond in _blocks(cfg, split):
             for d in labels:
-                counts[d, bm.CONDITIONS.index(cond[d])] += 1
-        n_irr = bm.round_half_up(cfg.irrelevant_rate * n)
-        assert counts[:, 1:].sum() == n_irr and counts[:, 1].sum() == bm.round_half_up(cfg.mismatch_share * n_irr)
+                counts[d, CONDITIONS.index(cond[d])] += 1
+        n_irr = round_half_up(cfg.irrelevant_rate * n)
+        assert counts[:, 1:].sum() == n_irr and counts[:, 1].sum() == round_half_up(cfg.mismatch_share * n_irr)
         assert np.ptp(counts[:, 0]) <= 1 and np.ptp(counts[:, 1]) <= 2 and np.ptp(counts[:, 2]) <= 2
 
 
@@ -213,7 +219,7 @@ def _recipe_without(folder: Path, *keys: str) -> dict:
 
 
 def test_build_is_byte_identical_in_one_process_and_in_workers(
-    built: tuple[Path, bm.BenchmarkResult], tmp_path: Path
+    built: tuple[Path, BenchmarkResult], tmp_path: Path
 ) -> None:
     """In-process encoding, one BLAS/OpenMP/torch thread, a fresh process, vs the fixture's 2 encoder
     workers in this process (2 threads): every byte of every file."""
@@ -224,7 +230,7 @@ def test_build_is_byte_identical_in_one_process_and_in_workers(
 
 
 def test_build_is_byte_identical_with_baseline_x86_64_kernels(
-    built: tuple[Path, bm.BenchmarkResult], tmp_path: Path
+    built: tuple[Path, BenchmarkResult], tmp_path: Path
 ) -> None:
     """What another x86-64 CPU would compute: OpenBLAS's Prescott kernels, ATen without AVX, FFmpeg with no
     SIMD at all and x264 without assembly give the same videos, annotation and provenance."""
@@ -241,7 +247,7 @@ COMMITTED_DIGEST = REPO / "tests" / "data" / "small_benchmark_sha256.json"
 UPDATE_ENV = "XMKD_UPDATE_DIGEST"
 
 
-def test_small_build_matches_the_committed_digest(built: tuple[Path, bm.BenchmarkResult]) -> None:
+def test_small_build_matches_the_committed_digest(built: tuple[Path, BenchmarkResult]) -> None:
     """The small build's SHA-256 per file against the committed value, made on another machine.
 
     Regenerate (after a deliberate change of the recipe or the PyAV pin):
@@ -266,11 +272,11 @@ def test_small_build_matches_the_committed_digest(built: tuple[Path, bm.Benchmar
         )
 
 
-def test_clip_content_does_not_depend_on_n(provenance, raw: bm.RawData, tmp_path: Path) -> None:  # noqa: ANN001
+def test_clip_content_does_not_depend_on_n(provenance, raw: RawData, tmp_path: Path) -> None:  # noqa: ANN001
     import pyarrow.parquet as pq
 
     bigger = replace(SMALL, n_train=60, n_test=30)
-    bm.build_benchmark(bigger, raw, tmp_path / "b", workers=2)
+    build_benchmark(bigger, raw, tmp_path / "b", workers=2)
     big = pq.read_table(tmp_path / "b" / "provenance.parquet").to_pandas().set_index("id")
     small = provenance.set_index("id")
     assert len(big) == 100
@@ -279,10 +285,10 @@ def test_clip_content_does_not_depend_on_n(provenance, raw: bm.RawData, tmp_path
     assert big.loc[small.index].equals(small)  # every clip of the subset, field for field (NaNs included)
 
 
-def test_render_audio_hits_the_snr_and_level(raw: bm.RawData) -> None:
-    plan = next(p for p in bm.plan_split(SMALL, "train", raw) if p.audio_condition == "clean")
+def test_render_audio_hits_the_snr_and_level(raw: RawData) -> None:
+    plan = next(p for p in plan_split(SMALL, "train", raw) if p.audio_condition == "clean")
     n = SMALL.n_samples
-    mix = bm.render_audio(plan, raw, n).astype(np.float64)
+    mix = render_audio(plan, raw, n).astype(np.float64)
     seg = raw.fsdd[plan.fsdd_file][plan.fsdd_crop_start : plan.fsdd_crop_start + n].astype(np.float64)
     speech = np.zeros(n)
     speech[plan.speech_offset : plan.speech_offset + seg.size] = seg
@@ -290,14 +296,14 @@ def test_render_audio_hits_the_snr_and_level(raw: bm.RawData) -> None:
     (a, b), *_ = np.linalg.lstsq(np.stack([speech, bg], axis=1), mix, rcond=None)  # mix = a*speech + b*bg
     snr = 10 * np.log10(a**2 * np.mean(seg**2) / (b**2 * np.mean(bg**2)))
     assert abs(snr - plan.snr_db) < 0.05
-    assert abs(np.sqrt(np.mean(mix**2)) - bm.TARGET_RMS) < 1e-4
+    assert abs(np.sqrt(np.mean(mix**2)) - TARGET_RMS) < 1e-4
 
 
-def test_motion_stays_in_frame_and_bounces(raw: bm.RawData) -> None:
+def test_motion_stays_in_frame_and_bounces(raw: RawData) -> None:
     lim = SMALL.size - SMALL.digit_size
     bounced = 0
-    for p in bm.plan_split(SMALL, "train", raw):
-        xs, ys = bm.trajectory(p, SMALL)
+    for p in plan_split(SMALL, "train", raw):
+        xs, ys = trajectory(p, SMALL)
         assert xs.min() >= 0 and ys.min() >= 0 and xs.max() <= lim and ys.max() <= lim
         step = np.hypot(np.diff(xs), np.diff(ys))
         assert step.max() <= SMALL.speed[1] + 1.5
@@ -307,38 +313,38 @@ def test_motion_stays_in_frame_and_bounces(raw: bm.RawData) -> None:
 
 def test_config_is_strict() -> None:
     with pytest.raises(ConfigError, match="pca_kep"):
-        bm.config_from_params({"benchmark": {"pca_kep": 8}})
+        config_from_params({"benchmark": {"pca_kep": 8}})
     with pytest.raises(ConfigError, match="multiple of 10"):
-        bm.config_from_params({"benchmark": {"n_train": 45}})
+        config_from_params({"benchmark": {"n_train": 45}})
     with pytest.raises(ConfigError, match="speed"):
-        bm.config_from_params({"benchmark": {"speed": [3.0, 1.0]}})
+        config_from_params({"benchmark": {"speed": [3.0, 1.0]}})
     with pytest.raises(ConfigError, match="audio_codec"):
-        bm.config_from_params({"benchmark": {"audio_codec": "mp3"}})
-    cfg = bm.config_from_params({"benchmark": {"speed": [1, 2], "n_test": 30}})
+        config_from_params({"benchmark": {"audio_codec": "mp3"}})
+    cfg = config_from_params({"benchmark": {"speed": [1, 2], "n_test": 30}})
     assert cfg.speed == (1.0, 2.0) and cfg.n_test == 30 and cfg.n_samples == 8000
 
 
-def test_aac_sound_is_an_option(raw: bm.RawData, tmp_path: Path) -> None:
+def test_aac_sound_is_an_option(raw: RawData, tmp_path: Path) -> None:
     import av
 
-    plans = bm.plan_split(SMALL, "train", raw)
+    plans = plan_split(SMALL, "train", raw)
     p = plans[0]
-    digits, _ = bm.prepare_digits(SMALL, raw, plans)
+    digits, _ = prepare_digits(SMALL, raw, plans)
     path = tmp_path / "clip.mp4"
-    frames = bm.render_video(p, digits[(p.mnist_origin, p.mnist_index)], SMALL)
-    bm.encode_clip(path, frames, bm.render_audio(p, raw, SMALL.n_samples), 8, 8000, 18, audio_codec="aac")
+    frames = render_video(p, digits[(p.mnist_origin, p.mnist_index)], SMALL)
+    encode_clip(path, frames, render_audio(p, raw, SMALL.n_samples), 8, 8000, 18, audio_codec="aac")
     with av.open(str(path)) as c:
         assert [s.codec_context.name for s in c.streams.audio] == ["aac"]
-        assert abs(c.streams.audio[0].bit_rate - bm.AAC_BIT_RATE) < 8000
+        assert abs(c.streams.audio[0].bit_rate - AAC_BIT_RATE) < 8000
 
 
-def test_too_many_clips_for_distinct_images(raw: bm.RawData) -> None:
+def test_too_many_clips_for_distinct_images(raw: RawData) -> None:
     with pytest.raises(ConfigError, match="distinct MNIST images"):
-        bm.plan_split(replace(SMALL, n_train=4600, n_val=500), "train", raw)
+        plan_split(replace(SMALL, n_train=4600, n_val=500), "train", raw)
 
 
 def test_condition_variants_reproduce_the_built_benchmark(
-    provenance, raw: bm.RawData, built: tuple[Path, bm.BenchmarkResult]  # noqa: ANN001
+    provenance, raw: RawData, built: tuple[Path, BenchmarkResult]  # noqa: ANN001
 ) -> None:
     """The robustness study's per-clip sound selection (xmkd.data.conditions) is the builder's own: same
     condition per clip, the very samples the MP4 decodes to for the as-built condition, and the same
@@ -351,9 +357,9 @@ def test_condition_variants_reproduce_the_built_benchmark(
     cond = assign_conditions(SMALL, SMALL.irrelevant_rate)
     assert all(cond[i] == prov.loc[i, "audio_condition"] for i in prov.index)
     ids, waves = render_variants(SMALL, raw)
-    plans = {p.id: p for split in bm.SPLITS for p in bm.plan_split(SMALL, split, raw)}
+    plans = {p.id: p for split in SPLITS for p in plan_split(SMALL, split, raw)}
     for k, i in enumerate(ids):
-        rendered = bm.render_audio(plans[i], raw, SMALL.n_samples)
+        rendered = render_audio(plans[i], raw, SMALL.n_samples)
         np.testing.assert_array_equal(waves[cond[i]][k], codec.pcm16(rendered)[0] / np.float32(32768))
         if k < 5:
             with av.open(str(built[0] / plans[i].path)) as c:
@@ -361,7 +367,7 @@ def test_condition_variants_reproduce_the_built_benchmark(
                 got = np.concatenate([o.to_ndarray() for f in c.decode(audio=0) for o in rs.resample(f)], axis=1)
             np.testing.assert_array_equal(waves[cond[i]][k], got[0])
     built_plans = plans
-    other = {p.id: p for split in bm.SPLITS for p in bm.plan_split(replace(SMALL, irrelevant_rate=0.8), split, raw)}
+    other = {p.id: p for split in SPLITS for p in plan_split(replace(SMALL, irrelevant_rate=0.8), split, raw)}
     for i, p in built_plans.items():
         q = other[i]
         assert (q.label, q.mnist_index, q.start_x, q.start_y, q.velocity_x, q.velocity_y) == (

@@ -7,12 +7,15 @@ function) and check that every file in it is listed, itself or through a listed 
 
 The one exception: `xmkd.methods` registers every method on import, so each training stage imports all method
 files, but a run's numbers depend only on its own method's file and what that file imports. The training stages
-list `src/xmkd/methods/<method>.py` and the test checks that method's own closure.
+list `src/xmkd/methods/<method>.py` and the test checks that method's own closure. Every other stage (the data
+stages, the teachers, the report) is held to the same rule: its deps cover the closure of the script its `cmd`
+runs (both scripts where the script's name is a parameter, as for `embed_teacher`).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -90,6 +93,31 @@ def _deps(stage: dict, **subst: str) -> list[str]:
 TRAINING = {"distill": "${item}", "ablate": "mnf_csc", "robust": "${item.method}", "reverse": "${item}"}
 
 
+def _param_values(key: str) -> set[str]:
+    """Values the dotted ``key`` takes in params.yaml and in every profile (profiles/*.yaml) that sets it."""
+    values = set()
+    for path in [ROOT / "params.yaml", *sorted((ROOT / "profiles").glob("*.yaml"))]:
+        node = yaml.safe_load(path.read_text())
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            values.add(str(node))
+    return values
+
+
+def _scripts(stage: dict) -> dict[str, list[Path]]:
+    """The stage scripts a stage's ``cmd`` runs: ``{name as written in cmd: [script files]}``; a name built from a
+    parameter (``stages/${teacher_outputs.stage}.py``) maps to the script of every value params and profiles give."""
+    out: dict[str, list[Path]] = {}
+    for name in re.findall(r"stages/(\S+?)\.py", stage.get("do", stage)["cmd"]):
+        keys = re.findall(r"\$\{([\w.]+)\}", name)
+        names = {name}
+        for key in keys:
+            names = {n.replace("${" + key + "}", v) for n in names for v in _param_values(key)}
+        out[name] = sorted(ROOT / "stages" / f"{n}.py" for n in names)
+    return out
+
+
 @pytest.mark.parametrize("stage", sorted(TRAINING))
 def test_training_stage_deps_cover_the_import_closure(stage: str) -> None:
     deps = _deps(_stages()[stage])
@@ -123,6 +151,37 @@ def test_resolve_configs_tracks_every_module_whose_defaults_reach_a_config() -> 
     missing = sorted(f.relative_to(ROOT).as_posix() for f in need if not _covered(f, deps))
     assert not missing, f"dvc.yaml stage 'resolve_configs' omits modules whose code shapes the configs: {missing}"
     assert _covered(METHODS / "kd.py", deps), "resolve_configs must track src/xmkd/methods (method config defaults)"
+
+
+@pytest.mark.parametrize("stage", sorted(set(_stages()) - set(TRAINING)))
+def test_every_other_stage_deps_cover_its_scripts_import_closure(stage: str) -> None:
+    """Data stages, teachers, report: a module their script imports but dvc.yaml omits leaves stale outputs."""
+    deps = _deps(_stages()[stage])
+    scripts = _scripts(_stages()[stage])
+    assert scripts, f"dvc.yaml stage {stage!r}: no stages/<name>.py in its cmd"
+    for written, files in scripts.items():
+        assert f"stages/{written}.py" in deps, f"dvc.yaml stage {stage!r} omits its script stages/{written}.py"
+        assert files and all(f.is_file() for f in files), f"stage {stage!r}: no script file for stages/{written}.py"
+        for script in files:
+            missing = sorted(f.relative_to(ROOT).as_posix() for f in closure(script) if not _covered(f, deps))
+            assert not missing, (
+                f"dvc.yaml stage {stage!r} omits modules that {script.relative_to(ROOT)} imports: {missing}"
+            )
+
+
+def test_a_missing_dep_fails_the_check() -> None:
+    """The check can fail: train_teacher without src/xmkd/train.py (which teacher.py imports) is caught."""
+    deps = [d for d in _deps(_stages()["train_teacher"]) if d != "src/xmkd/train.py"]
+    need = closure(ROOT / "stages" / "train_teacher.py")
+    missing = {f.relative_to(ROOT).as_posix() for f in need if not _covered(f, deps)}
+    assert missing == {"src/xmkd/train.py"}
+
+
+def test_a_script_named_by_a_parameter_expands_to_every_value() -> None:
+    scripts = _scripts(_stages()["embed_teacher"])
+    assert scripts == {
+        "${teacher_outputs.stage}": [ROOT / "stages" / "embed_teacher.py", ROOT / "stages" / "import_teacher.py"]
+    }
 
 
 def test_the_closure_walk_sees_function_level_imports(tmp_path: Path) -> None:

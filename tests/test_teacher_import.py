@@ -1,4 +1,4 @@
-"""Precomputed teacher embeddings (src/xmkd/teacher_import.py, stages/import_teacher.py) on REAL data: the PANNs CNN14
+"""Precomputed teacher embeddings (src/xmkd/teacher_import/, stages/import_teacher.py) on REAL data: the PANNs CNN14
 UCF51 embeddings of the data mirror (``ucf51/audiocnn14embed512_features.tar.gz`` + ``ucf51/annotation.json``),
 restricted to 8 classes (all their videos), read straight from the archive; bad inputs in tmp folders."""
 
@@ -21,15 +21,10 @@ import yaml
 
 from xmkd.data.features import MANIFEST_COLUMNS, load_annotation
 from xmkd.errors import ConfigError, DataError
-from xmkd.teacher_import import (
-    TeacherImportConfig,
-    head_logits,
-    import_teacher,
-    load_embeddings,
-    main,
-    topk_accuracy,
-    train_head,
-)
+from xmkd.teacher_import import TeacherImportConfig, import_teacher
+from xmkd.teacher_import.embeddings import load_embeddings
+from xmkd.teacher_import.head import head_logits, topk_accuracy, train_head
+from xmkd.teacher_import.importer import main
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("XMKD_DATA_MIRROR", REPO.parent / "shared" / "datasets"))

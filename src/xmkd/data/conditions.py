@@ -3,7 +3,7 @@
 In the default benchmark (:mod:`xmkd.data.benchmark`) a clip's video does not depend on
 ``benchmark.irrelevant_rate``: every clip draws its digit image, motion, spoken-digit files and
 background in a fixed order whatever its sound condition, and ``irrelevant_rate`` only decides which
-clips carry which sound (``_blocks``). So the benchmark at another rate has byte-identical videos and
+clips carry which sound (:func:`~xmkd.data.benchmark.plan._blocks`). So the benchmark at another rate has byte-identical videos and
 differs only in the sound tracks. Since the student never hears the sound (it only sees the frozen
 teacher's outputs), a run at rate r needs just the teacher's outputs of each clip under the condition
 that clip has at rate r.
@@ -25,17 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from xmkd.data.benchmark.config import CONDITIONS, NUM_CLASSES, SPLITS, BenchmarkConfig
+from xmkd.data.benchmark.plan import _blocks, plan_split
+from xmkd.data.benchmark.raw import RawData
+from xmkd.data.benchmark.render import render_audio
 from xmkd.data.codec import pcm16
-from xmkd.data.benchmark import (
-    CONDITIONS,
-    NUM_CLASSES,
-    SPLITS,
-    BenchmarkConfig,
-    RawData,
-    _blocks,
-    plan_split,
-    render_audio,
-)
 
 #: (irrelevant_rate, mismatch_share) whose plan gives every clip this condition
 VARIANTS: dict[str, tuple[float, float]] = {"clean": (0.0, 0.5), "mismatched": (1.0, 1.0), "background": (1.0, 0.0)}
