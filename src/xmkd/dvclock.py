@@ -53,7 +53,7 @@ def dvc_output(path: str | Path, lock: Path = LOCK) -> DvcOutput | None:
     if not lock.exists():
         return None
     doc = yaml.safe_load(lock.read_text()) or {}
-    stages = doc.get("stages")
+    stages = doc.get("stages") if isinstance(doc, dict) else None
     if not isinstance(stages, dict):
         raise ValueError(f"{lock} has no 'stages' mapping: not a DVC 3 lock file")
     want = Path(path).as_posix().rstrip("/")

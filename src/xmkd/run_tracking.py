@@ -127,7 +127,7 @@ class RunRecord:
             stage.set_note(describe_run(rc))
         with tolerant("log the datasets"):
             stage.log_datasets(self.datasets)
-        self.bar = progress_bar(len(rc.seeds) * rc.train.epochs, os.environ.get("DVC_STAGE", rc.name), "epoch")
+        self.bar = progress_bar(len(rc.seeds) * rc.train.epochs, stage.name or rc.name, "epoch")
 
     def __enter__(self) -> RunRecord:
         return self

@@ -194,6 +194,7 @@ class StageRun:
         self.client = client
         self.run_id = run_id
         self.uri = uri or client.tracking_uri
+        self.name = ""  # the stage's name (stage runs)
         self.note: str | None = None
         self.final: dict[str, float] = {}  # metrics logged without a step (for the default description)
 
@@ -296,6 +297,8 @@ class StageRun:
         with torch.no_grad():
             out = model(torch.from_numpy(example)).numpy()
         mlflow.set_tracking_uri(self.uri)
+        # the logged model's experiment (and artifact location) is the fluent API's active one, not its run's
+        mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
         info = mlflow.pytorch.log_model(  # pip_requirements given: inferring them starts a subprocess
             model, name="student", input_example=example, signature=infer_signature(example, out),
             serialization_format="pt2", pip_requirements=[f"torch=={importlib.metadata.version('torch')}"],
@@ -362,6 +365,7 @@ def stage_run(
         run_tags["mlflow.parentRunId"] = parent
     run = client.create_run(exp_id, tags=run_tags, run_name=dvc_stage)
     handle = StageRun(client, run.info.run_id, uri)
+    handle.name = dvc_stage
     if params:
         handle.log_params(params)
     monitor = None
