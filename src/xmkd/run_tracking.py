@@ -178,6 +178,7 @@ class RunRecord:
                 run.set_note(f"Seed {seed}. {describe_run(self.rc)}\n\nTest: "
                              + ", ".join(f"{k} {_pct(m.get(k))}" for k in HEADLINE)
                              + f"; trained in {res['train_seconds']:.0f} s. Checkpoint `{ckpt}`.")
+            with tolerant("close the seed runs"):
                 run.finish(end=res["end"])
         self.bar.update(max(0, self.rc.train.epochs - self.seen[seed]))  # epochs that never reached on_epoch
         self.bar.set_postfix_str(f"seed {seed} done: test top-1 {_pct(m.get('top1'))}", refresh=False)
