@@ -4,7 +4,9 @@ run for every seed (seeds in parallel worker processes; see src/xmkd/experiment.
 Usage: python stages/distill.py --run <run name>   (run names: src/xmkd/runs.py)
 Outputs: models/students/<run>/seed-<s>.pt, metrics/train/<run>.json (per-seed training history),
 metrics/eval/<run>.json (per-seed test metrics), data/predictions/<run>.npz (per-seed test predictions).
-MLflow: the stage run, with one child run per seed (its params, per-epoch metrics, test metrics).
+MLflow: the stage run, with one child run per seed (its params, per-epoch metrics logged as each epoch ends, test
+metrics), tags, datasets, descriptions, system metrics, the first seed's student as a model (src/xmkd/run_tracking.py).
+A progress bar over the seeds' epochs on a terminal; one summary line at the end.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np  # noqa: E402
 from xmkd.cli import run_main  # noqa: E402
 from xmkd.data.features import FeatureCache  # noqa: E402
 from xmkd.experiment import FEATURES, clip_conditions, run_all  # noqa: E402
+from xmkd.run_tracking import RunRecord, run_tags  # noqa: E402
 from xmkd.runs import load_run_config  # noqa: E402
 from xmkd.tracking import stage_run  # noqa: E402
 
@@ -48,19 +51,9 @@ def main() -> None:
     rc = load_run_config(config_path)
     head = {"run": rc.name, "kind": rc.kind, "method": rc.method, "label": rc.label,
             "irrelevant_rate": rc.irrelevant_rate, "modality": rc.modality}
-    with stage_run(f"distill@{rc.name}", params=rc.to_json()) as tracker:
-
-        def log_seed(res: dict[str, Any]) -> None:
-            child = tracker.child(f"{rc.name} seed {res['seed']}", {**rc.to_json(), "seed": res["seed"]},
-                                  start=res["start"])
-            for epoch, h in enumerate(res["history"], 1):
-                child.log_metrics(h, step=epoch)
-            child.log_metrics({**res["metrics"], "train_seconds": res["train_seconds"]})
-            child.finish(end=res["end"])
-            print(f"{rc.name} seed {res['seed']}: test top-1 {res['metrics']['top1']:.4f}, "
-                  f"trained in {res['train_seconds']:.0f} s", flush=True)
-
-        results = run_all(rc, config_path, on_result=log_seed)
+    with stage_run(f"distill@{rc.name}", params=rc.to_json(), tags=run_tags(rc), system_metrics=True) as tracker, \
+            RunRecord(tracker, rc) as record:
+        results = run_all(rc, config_path, on_result=record.on_result, on_epoch=record.on_epoch)
         cache = FeatureCache(FEATURES)
         test = cache.indices("testing")
         cond = clip_conditions(rc, cache)
@@ -81,17 +74,8 @@ def main() -> None:
         _write_json(Path(f"metrics/eval/{rc.name}.json"), {
             **head, "seeds": {str(r["seed"]): {k: round(v, 6) for k, v in sorted(r["metrics"].items())}
                               for r in results}})
-        keys = sorted(set().union(*(r["metrics"] for r in results)))
-        means = {}
-        for k in keys:
-            vals = np.array([r["metrics"].get(k, np.nan) for r in results], dtype=float)
-            if np.isfinite(vals).any():
-                means[f"mean/{k}"] = float(vals[np.isfinite(vals)].mean())
-        tracker.log_metrics(means)
-        tracker.log_artifact(f"metrics/eval/{rc.name}.json")
-        top1 = [r["metrics"]["top1"] for r in results]
-        print(f"{rc.name}: test top-1 {np.mean(top1):.4f} ± {np.std(top1, ddof=1) if len(top1) > 1 else 0:.4f} "
-              f"over seeds {list(rc.seeds)}")
+        record.finish(results, cache)  # MLflow only, after the outputs: means, description, the MLflow model
+    print(record.summary(results), flush=True)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ def main() -> None:
             test_y,
         ),
     }
-    with stage_run("train_teacher", params={"teacher": dataclasses.asdict(cfg), "logmel": dataclasses.asdict(mel)}) as run:
+    with stage_run("train_teacher", params={"teacher": dataclasses.asdict(cfg), "logmel": dataclasses.asdict(mel)},
+                   system_metrics=True) as run:
         t0 = time.perf_counter()
         model, history = train_teacher(
             augment, np.array([d for _, d in train_items]), 10, cfg, mel, eval_sets,

@@ -12,11 +12,17 @@ still name the built repo, which lives for the whole session).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +125,64 @@ def tiny_repo_copy(built_tiny_repo: Path, tmp_path_factory: pytest.TempPathFacto
         return dest
 
     return copy
+
+
+class MlflowApi:
+    """The REST API (``/api/2.0/mlflow``) of a running ``mlflow ui``: ``get(path, **query)``, ``post(path, body)``."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def get(self, path: str, **query: Any) -> dict[str, Any]:
+        """GET ``<base>/<path>?<query>`` -> the JSON answer."""
+        from urllib.parse import urlencode
+
+        with urllib.request.urlopen(f"{self.base}/{path}?{urlencode(query)}", timeout=30) as r:
+            return json.load(r)
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST a JSON body to ``<base>/<path>`` -> the JSON answer."""
+        req = urllib.request.Request(f"{self.base}/{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.load(r)
+
+
+@contextlib.contextmanager
+def mlflow_ui(repo: Path) -> Iterator[MlflowApi]:
+    """``mlflow ui`` on ``repo``'s store (sqlite:///<repo>/mlflow.db) on a free local port, as a user starts it;
+    yields its REST API once it answers (at most 90 s), and stops it and its children on exit.
+
+    Lighter than its default for a shared test machine: one web worker, no job runner (MLflow's background jobs,
+    for GenAI evaluation; ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``); the REST API is the same.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ui = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{repo}/mlflow.db",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=repo, env=repo_env(repo) | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        api = MlflowApi(f"http://127.0.0.1:{port}/api/2.0/mlflow")
+        deadline = time.time() + 90
+        while True:
+            try:
+                api.get("experiments/get-by-name", experiment_name="xmkd")
+                break
+            except OSError:
+                if time.time() > deadline or ui.poll() is not None:
+                    raise
+                time.sleep(1)
+        yield api
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(ui.pid, signal.SIGTERM)  # the server and its web worker
+        try:
+            ui.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(ui.pid, signal.SIGKILL)
+            ui.wait(timeout=30)

@@ -301,6 +301,35 @@ def test_seed_workers_give_the_results_of_one_process(workdir: Path, monkeypatch
     assert results[1][0]["metrics"] != results[1][1]["metrics"]  # the two seeds are different runs
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["in_process", "seed_workers", "ddp"])
+def test_epochs_reach_the_stage_process_as_the_seeds_train(
+    path: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run_all(on_epoch=...)`` hands the stage process every epoch of every seed, in order and before that seed's
+    result, with the metrics of its history (what the live MLflow metrics of xmkd.run_tracking ride on), on each of
+    the three ways seeds train: in this process, in forked seed workers, as DDP jobs (rank 0 sends them). The
+    callbacks change no number: the results equal those of a run without them."""
+    extra = {"in_process": {"seed_workers": 1}, "seed_workers": {"seed_workers": 2}, "ddp": {"nproc": 2}}[path]
+    config = _write_config(workdir, "none", f"live-{path}", seeds=(0, 1), epochs=2, **extra)
+    events: list[tuple[str, int, int | None, Any]] = []
+    monkeypatch.chdir(workdir)
+    threads = torch.get_num_threads()
+    try:
+        results = run_all(load_run_config(config), config, on_result=lambda r: events.append(("result", r["seed"], None, r)),
+                          on_epoch=lambda s, e, m: events.append(("epoch", s, e, m)))
+        plain = run_all(load_run_config(config), config) if path == "seed_workers" else results
+    finally:
+        torch.set_num_threads(threads)
+    for res, other in zip(results, plain, strict=True):
+        mine = [e for e in events if e[1] == res["seed"]]
+        assert [(e[0], e[2]) for e in mine] == [("epoch", 1), ("epoch", 2), ("result", None)]
+        assert [e[3] for e in mine[:2]] == res["history"]
+        assert other["metrics"] == res["metrics"]
+        untimed = [[{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]] for r in (res, other)]
+        assert untimed[0] == untimed[1]
+
+
 # ------------------------------------------------------------------------------------- error handling
 
 

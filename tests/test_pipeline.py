@@ -7,22 +7,14 @@ Slow (a few minutes): it runs every stage of the real pipeline on real data from
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import TINY, needs_mirror, repo_env, run_in
+from conftest import TINY, mlflow_ui, needs_mirror, run_in
 
 pytestmark = [pytest.mark.slow, needs_mirror]
-
-
-def _env(repo: Path) -> dict[str, str]:
-    return repo_env(repo)
 
 
 def _run(args: list[str], repo: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -131,37 +123,11 @@ def test_mistyped_override_is_rejected(repo: Path) -> None:
 
 
 def test_mlflow_ui_lists_parent_and_child_runs(repo: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ui = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{repo}/mlflow.db",
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=repo, env=_env(repo), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/experiments/get-by-name?experiment_name=xmkd", timeout=5) as r:
-                    exp_id = json.load(r)["experiment"]["experiment_id"]
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(1)
-        req = urllib.request.Request(
-            f"{base}/runs/search", data=json.dumps({"experiment_ids": [exp_id], "max_results": 1000}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=30) as r:
-            runs = json.load(r)["runs"]
-    finally:
-        ui.terminate()
-        ui.wait(timeout=30)
+    with mlflow_ui(repo) as api:
+        exp_id = api.get("experiments/get-by-name", experiment_name="xmkd")["experiment"]["experiment_id"]
+        runs = api.post("runs/search", {"experiment_ids": [exp_id], "max_results": 1000})["runs"]
     tags = [{t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in runs]
-    parents = {run["info"]["run_id"] for run, t in zip(runs, tags) if t.get("xmkd.kind") == "pipeline"}
+    parents = {run["info"]["run_id"] for run, t in zip(runs, tags, strict=True) if t.get("xmkd.kind") == "pipeline"}
     children = [t for t in tags if t.get("xmkd.kind") == "stage"]
     assert len(parents) >= 2  # the repro and the experiment (the rejected -S typo never starts a stage)
     assert children and all(t.get("mlflow.parentRunId") in parents for t in children)
@@ -170,8 +136,8 @@ def test_mlflow_ui_lists_parent_and_child_runs(repo: Path) -> None:
             "distill@mnf_csc", "ablate@no_mnf", "robust@kd-0.0", "reverse@mnf_csc", "report"} <= stages
     assert any(t.get("dvc.exp_name") for t in children)  # stages of `dvc exp run` carry the experiment name
     assert all(len(t.get("mlflow.source.git.commit", "")) == 40 for t in children)
-    stage_ids = {run["info"]["run_id"] for run, t in zip(runs, tags) if t.get("xmkd.kind") == "stage"}
-    seeds = [(run, t) for run, t in zip(runs, tags) if t.get("xmkd.kind") == "seed"]
+    stage_ids = {run["info"]["run_id"] for run, t in zip(runs, tags, strict=True) if t.get("xmkd.kind") == "stage"}
+    seeds = [(run, t) for run, t in zip(runs, tags, strict=True) if t.get("xmkd.kind") == "seed"]
     assert seeds and all(t["mlflow.parentRunId"] in stage_ids for _, t in seeds)  # pipeline > stage > seed
     kd = [run for run, t in seeds if t.get("dvc.stage") == "distill@kd"]
     assert len(kd) >= 2  # one child run per seed

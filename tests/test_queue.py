@@ -125,3 +125,20 @@ def test_every_queued_stage_run_lands_in_the_one_store(repo: Path) -> None:
         parents_seen.add(parent.info.run_id)
     assert len(parents_seen) == len(EXPS)
     assert all(by_id[p].info.experiment_id == exp.experiment_id for p in parents_seen)
+
+
+def test_each_queued_repro_registers_its_best_student(repo: Path) -> None:
+    """Both experiments' reports register a version of `xmkd-student` at once (under the store's lock): two new
+    versions, one per experiment, each naming the pipeline run of its experiment and a seed run with a model."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    versions = client.search_model_versions("name = 'xmkd-student'")
+    by_exp = {v.tags.get("dvc.exp_name"): v for v in versions}
+    assert set(EXPS) <= set(by_exp) and len(versions) == len(EXPS) + 1  # + the repro of the fixture
+    for name, v in by_exp.items():
+        if name in EXPS:
+            parent = client.get_run(v.tags["pipeline_run"])
+            assert parent.data.tags["dvc.exp_name"] == name and parent.data.tags["xmkd.kind"] == "pipeline"
+            seed_run = client.get_run(v.run_id)
+            assert seed_run.data.tags["xmkd.model_id"] and seed_run.data.tags["seed"] == "0"

@@ -23,12 +23,16 @@ with which it separates clean from irrelevant sound.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import multiprocessing
 import os
+import threading
 import time
 import warnings
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +50,7 @@ from xmkd.methods.base import DistillMethod
 from xmkd.parallel import DataParallel, SingleProcess
 from xmkd.runs import RunConfig, load_run_config
 from xmkd.train import ClipDataset, make_loader, predict, resolve_device, seed_everything
-from xmkd.workers import SEED_WORKER_MODULES, forkserver_context, seed_worker_init, terminate_workers
+from xmkd.workers import SEED_WORKER_MODULES, EpochSender, forkserver_context, seed_worker_init, terminate_workers
 
 PROVENANCE = Path("data/benchmark/provenance.parquet")
 FEATURES = Path("data/features")
@@ -264,7 +268,12 @@ def run_seed(
 
 
 def run_rank(
-    config_path: str, seed: int, threads: int, reports: bool = False, parent_pid: int | None = None
+    config_path: str,
+    seed: int,
+    threads: int,
+    reports: bool = False,
+    parent_pid: int | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any] | None:
     """One process of a seed's DDP job, as torchrun starts it (:func:`xmkd.launch.launch` on the stage's node with
     ``reports=True``, ``python -m xmkd.node rank`` on the others): join the process group from torchrun's
@@ -273,6 +282,7 @@ def run_rank(
     The process exits at once when ``parent_pid`` (torchrun's agent: the stage process on node 0; default: this
     process's parent) is gone, so a killed stage leaves no rank behind (:func:`xmkd.workers.seed_worker_init`).
     Pass it explicitly where the parent may die before this runs (then ``os.getppid()`` would name init).
+    ``on_epoch_end``: the loop's per-epoch hook, called on global rank 0 only (:func:`xmkd.train.train`).
 
     Returns:
         The seed's result on local rank 0 of the reporting node; None elsewhere.
@@ -287,7 +297,7 @@ def run_rank(
     device = resolve_device(rc.train.device)
     strategy = DataParallel.join(resolve_backend(rc.distributed.backend, device), device, reports)
     try:
-        return run_seed(config_path, seed, threads, strategy)
+        return run_seed(config_path, seed, threads, strategy, on_epoch_end)
     finally:
         strategy.close()
 
@@ -315,8 +325,43 @@ def workers_and_threads(rc: RunConfig) -> tuple[int, int]:
     return workers, threads
 
 
+#: Seconds between two looks at the seed workers' epoch queue while they train.
+EPOCH_POLL_S = 0.25
+
+EpochCallback = Callable[[int, int, dict[str, float]], None]
+"""``on_epoch(seed, epoch, metrics)``: one epoch (1-based) of one seed has ended, with its metrics
+(:func:`xmkd.train.train`'s per-epoch dict); called in the stage process."""
+
+
+def _drain(queue: Any, on_epoch: EpochCallback) -> None:
+    """Hand every epoch waiting in ``queue`` to ``on_epoch``, in the order the workers sent them."""
+    while not queue.empty():
+        on_epoch(*queue.get())
+
+
+@contextlib.contextmanager
+def _epochs_from(queue: Any, on_epoch: EpochCallback) -> Iterator[None]:
+    """While the body runs (a DDP job: this thread waits in the launcher), a thread hands the epochs arriving on
+    ``queue`` to ``on_epoch``; on exit every epoch sent before is handed over before this returns."""
+
+    def forward() -> None:
+        while (item := queue.get()) is not None:
+            on_epoch(*item)
+
+    thread = threading.Thread(target=forward, name="xmkd-epochs", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        queue.put(None)
+        thread.join()
+
+
 def run_all(
-    rc: RunConfig, config_path: Path, on_result: Callable[[dict[str, Any]], None] | None = None
+    rc: RunConfig,
+    config_path: Path,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> list[dict[str, Any]]:
     """Train and evaluate every seed of ``rc`` (in parallel worker processes when it pays; with
     ``distributed.nproc * distributed.nnodes > 1`` each seed in turn as a DDP job, :func:`xmkd.launch.launch`).
@@ -324,6 +369,11 @@ def run_all(
     Args:
         rc: the run; config_path: its resolved config file (what the workers load).
         on_result: called in this process with each seed's result as it completes (e.g. MLflow logging).
+        on_epoch: called in this process after every epoch of every seed, while the seeds train (live metrics,
+            a progress bar; :data:`EpochCallback`). A seed worker sends its epochs on a queue
+            (:class:`xmkd.workers.EpochSender`) that this process reads every :data:`EPOCH_POLL_S` s; a DDP job's
+            rank 0 sends them on a queue a thread reads. A seed's epochs are all handed over before its
+            ``on_result``, and neither callback runs while the other does.
 
     Returns:
         Results of :func:`run_seed`, in ``rc.seeds`` order.
@@ -335,26 +385,36 @@ def run_all(
     results: dict[int, dict[str, Any]] = {}
     if rc.distributed.enabled:  # DDP: the seeds one after another, each over nproc x nnodes processes
         device = resolve_device(rc.train.device)
+        queue = multiprocessing.get_context("spawn").SimpleQueue() if on_epoch else None
         for i, s in enumerate(rc.seeds):
-            results[s] = launch(rc.distributed, run_rank, (str(config_path), s, threads, True, os.getpid()),
-                                run=rc.name, seed=s, seed_index=i, threads=threads, device=device)
+            hook = EpochSender(s, queue) if on_epoch else None
+            with _epochs_from(queue, on_epoch) if on_epoch else contextlib.nullcontext():
+                results[s] = launch(rc.distributed, run_rank, (str(config_path), s, threads, True, os.getpid(), hook),
+                                    run=rc.name, seed=s, seed_index=i, threads=threads, device=device)
             if on_result:
                 on_result(results[s])
     elif workers == 1:
         for s in rc.seeds:
-            results[s] = run_seed(str(config_path), s, threads)
+            hook = functools.partial(on_epoch, s) if on_epoch else None
+            results[s] = run_seed(str(config_path), s, threads, on_epoch_end=hook)
             if on_result:
                 on_result(results[s])
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=forkserver_context(SEED_WORKER_MODULES),
-                                 initializer=seed_worker_init, initargs=(os.getpid(),)) as pool:
-            futures = {pool.submit(run_seed, str(config_path), s, threads): s for s in rc.seeds}
+        ctx = forkserver_context(SEED_WORKER_MODULES)
+        queue = ctx.SimpleQueue() if on_epoch else None
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=seed_worker_init,
+                                 initargs=(os.getpid(), queue)) as pool:
+            pending = {pool.submit(run_seed, str(config_path), s, threads, on_epoch_end=EpochSender(s) if on_epoch
+                                   else None) for s in rc.seeds}
             try:
-                for fut in as_completed(futures):
-                    res = fut.result()
-                    results[res["seed"]] = res
-                    if on_result:
-                        on_result(res)
+                while pending:
+                    done, pending = wait(pending, timeout=EPOCH_POLL_S, return_when=FIRST_COMPLETED)
+                    if on_epoch:  # first: a seed's last epochs were sent before its result
+                        _drain(queue, on_epoch)
+                    for res in sorted((fut.result() for fut in done), key=lambda r: rc.seeds.index(r["seed"])):
+                        results[res["seed"]] = res
+                        if on_result:
+                            on_result(res)
             except BaseException:  # a seed failed, or the stage is terminated: the other seeds stop now
                 terminate_workers(pool)
                 raise

@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.context import BaseContext
 from pathlib import Path
+from typing import Any
 
 #: What the fork server of the seed workers (:func:`xmkd.experiment.run_all`) imports: the training and
 #: evaluation code with torch and torchvision, and scikit-learn's metrics (imported lazily by xmkd.evaluate).
@@ -119,13 +120,46 @@ def when_gone(pid: int, action: Callable[[], None], interval_s: float = WATCH_IN
     return thread
 
 
-def seed_worker_init(stage_pid: int) -> None:
+#: The queue on which a seed worker sends its epochs to the stage process (set by :func:`seed_worker_init`).
+_epoch_queue: Any = None
+
+
+def seed_worker_init(stage_pid: int, epochs: Any = None) -> None:
     """``ProcessPoolExecutor`` initializer of a seed worker: exit at once (status 1) when ``stage_pid`` is gone.
 
     A seed worker whose stage died has no one to report to; its results would never be written. It ends without
     cleanup (``os._exit``): it holds nothing the next run needs (checkpoints are written by the stage process).
+
+    Args:
+        stage_pid: the stage process.
+        epochs: a ``multiprocessing`` ``SimpleQueue`` of the pool's context on which :class:`EpochSender` hooks
+            send each epoch's metrics (a queue can only reach a worker this way, when the process starts).
     """
+    global _epoch_queue
+    _epoch_queue = epochs
     when_gone(stage_pid, lambda: os._exit(1))
+
+
+class EpochSender:
+    """The per-epoch hook (``on_epoch_end``) of a seed trained in another process: it sends ``(seed, epoch,
+    metrics)`` to the stage process, which logs it (MLflow) and moves its progress bar as the seed trains.
+
+    Picklable: it holds the seed and, for a process started with it as an argument (a DDP rank, started by
+    ``spawn``), the queue itself; a seed worker of a pool uses the queue :func:`seed_worker_init` stored.
+
+    Args:
+        seed: the seed it reports for.
+        queue: a ``multiprocessing`` ``SimpleQueue``, or None for the worker's own (:func:`seed_worker_init`).
+    """
+
+    def __init__(self, seed: int, queue: Any = None) -> None:
+        self.seed, self.queue = seed, queue
+
+    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Send one epoch (1-based) and its metrics; a no-op where no queue was given."""
+        queue = self.queue if self.queue is not None else _epoch_queue
+        if queue is not None:
+            queue.put((self.seed, epoch, dict(metrics)))
 
 
 def terminate_workers(pool: ProcessPoolExecutor) -> None:
