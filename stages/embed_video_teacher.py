@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from xmkd.cli import run_main
-from xmkd.data.sources import replace_dir
 from xmkd.config import load_params, parse_section
 from xmkd.data.features import FeatureCache
+from xmkd.data.sources import replace_dir
 from xmkd.distill import load_checkpoint
 from xmkd.experiment import FEATURES, checkpoint_path
 from xmkd.runs import ReverseConfig, load_run_config

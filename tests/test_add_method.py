@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import needs_mirror, run_in
 
 pytestmark = [pytest.mark.slow, needs_mirror]

@@ -86,7 +86,7 @@ def test_pkt_matches_closed_form() -> None:
     c = (1 + 1 / SQRT2) / 2
 
     def kl(p: list[float], q: list[float]) -> float:
-        return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+        return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
 
     row1 = kl([0.5, 0.25, 0.25], [1 / (1.5 + c), 0.5 / (1.5 + c), c / (1.5 + c)])
     row3 = kl([0.25, 0.25, 0.5], [c / (1 + 2 * c), c / (1 + 2 * c), 1 / (1 + 2 * c)])
@@ -177,7 +177,7 @@ def test_rkd_distance_matches_closed_form() -> None:
     mu_s = (2 + SQRT2) / 3
     ds = [1 / mu_s, 1 / mu_s, SQRT2 / mu_s]
     dt = [0.75, 1.5, 0.75]
-    expected = 2 / 9 * sum(_huber(a - b) for a, b in zip(ds, dt))
+    expected = 2 / 9 * sum(_huber(a - b) for a, b in zip(ds, dt, strict=True))
     assert rkd_distance_loss(s, t).item() == pytest.approx(expected, rel=1e-5)
     assert expected == pytest.approx(0.0716991411, rel=1e-6)  # by hand: (0.12868² + 0.62132² + 0.49264²)/9
     assert torch.allclose(pairwise_distances(s), torch.tensor([[0, 1, 1], [1, 0, SQRT2], [1, SQRT2, 0]]))

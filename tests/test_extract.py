@@ -19,7 +19,6 @@ import pandas as pd
 import pytest
 import torch
 
-
 from xmkd.data import video as video_mod
 from xmkd.data.features import FeatureCache, FeatureConfig, config_from_params, extract_features, load_annotation
 from xmkd.data.video import VideoDecodeError, clip_indices, decode_clip, uniform_indices, write_video

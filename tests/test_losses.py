@@ -67,7 +67,7 @@ def test_kd_matches_closed_form() -> None:
         return [x / sum(ex) for x in ex]
 
     ps, pt = softmax(zs), softmax(zt)
-    expected = t * t * sum(p * (math.log(p) - math.log(q)) for p, q in zip(pt, ps))
+    expected = t * t * sum(p * (math.log(p) - math.log(q)) for p, q in zip(pt, ps, strict=True))
     got = kd_loss(torch.tensor([zs]), torch.tensor([zt]), t)
     assert got.item() == pytest.approx(expected, rel=1e-6)
     assert expected == pytest.approx(1.2806267, rel=1e-6)  # by hand: 4·(0.5065−0.1863)·1.0000

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from xmkd.errors import ConfigError
 from xmkd.config import parse_section
-from xmkd.methods.base import DistillMethod, Dims, LossTerms
+from xmkd.errors import ConfigError
+from xmkd.methods.base import Dims, DistillMethod, LossTerms
 from xmkd.models.student import StudentOutput
 from xmkd.train import TrainConfig, lr_factor, train
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-
 from conftest import needs_mirror, repo_env
+
 from xmkd.workers import dvc_ancestor, is_dvc_command, process_gone
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ import gc
 import os
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
-from typing import Callable
 
 from xmkd.errors import XmkdError
 from xmkd.workers import end_with_dvc

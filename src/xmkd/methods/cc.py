@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmkd.methods.base import DistillMethod, Dims, LossTerms, TeacherBatch, register
+from xmkd.methods.base import Dims, DistillMethod, LossTerms, TeacherBatch, register
 from xmkd.models.student import StudentOutput
 
 # Reference weights per variant (see CCConfig.weight).

@@ -84,7 +84,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from xmkd.methods.base import (
-    DistillMethod, Dims, LossTerms, TeacherBatch, labelled_cross_entropy, positive_mask, register,
+    Dims,
+    DistillMethod,
+    LossTerms,
+    TeacherBatch,
+    labelled_cross_entropy,
+    positive_mask,
+    register,
 )  # fmt: skip
 from xmkd.models.student import StudentOutput
 

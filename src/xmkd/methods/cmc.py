@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmkd.methods.base import DistillMethod, Dims, LossTerms, TeacherBatch, register
+from xmkd.methods.base import Dims, DistillMethod, LossTerms, TeacherBatch, register
 from xmkd.models.student import StudentOutput
 
 

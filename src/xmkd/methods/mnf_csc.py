@@ -40,7 +40,13 @@ import torch
 import torch.nn.functional as F
 
 from xmkd.methods.base import (
-    DistillMethod, Dims, LossTerms, TeacherBatch, labelled_cross_entropy, positive_mask, register,
+    Dims,
+    DistillMethod,
+    LossTerms,
+    TeacherBatch,
+    labelled_cross_entropy,
+    positive_mask,
+    register,
 )  # fmt: skip
 from xmkd.models.mnf import ModalityNoiseFilter
 from xmkd.models.student import StudentOutput

@@ -68,7 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmkd.methods.base import DistillMethod, Dims, LossTerms, TeacherBatch, register
+from xmkd.methods.base import Dims, DistillMethod, LossTerms, TeacherBatch, register
 from xmkd.models.student import StudentOutput
 
 MMD_MIN_SQDIST = 1e-30  # the reference clamps squared distances at 1e-30 (``my_cdist``)

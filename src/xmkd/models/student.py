@@ -20,6 +20,7 @@ mean ``v`` and the logits ``p_v``, as the reference implementation's ``R2Plus1DN
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Literal, NamedTuple
 
 import torch
@@ -169,7 +170,7 @@ class AudioStudent(nn.Module):
 
         self.input_bn = nn.BatchNorm2d(n_mels)
         chans = (1, *channels)
-        self.blocks = nn.Sequential(nn.AvgPool2d(2), *[_block(a, b) for a, b in zip(chans[:-1], chans[1:])])
+        self.blocks = nn.Sequential(nn.AvgPool2d(2), *[_block(a, b) for a, b in pairwise(chans)])
         self.fc = nn.Linear(channels[-1], num_classes)
         self.embed_dim = channels[-1]
 

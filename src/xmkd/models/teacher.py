@@ -10,6 +10,7 @@ time + max over time of the frequency-averaged map, then an FC + ReLU embedding 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import NamedTuple
 
 import torch
@@ -57,7 +58,7 @@ class AudioCNN(nn.Module):
         super().__init__()
         self.input_bn = nn.BatchNorm2d(n_mels)  # per-mel-band normalisation, as in CNN14 (bn0)
         chans = (1, *cfg.channels)
-        self.blocks = nn.Sequential(*[_block(a, b) for a, b in zip(chans[:-1], chans[1:])])
+        self.blocks = nn.Sequential(*[_block(a, b) for a, b in pairwise(chans)])
         self.dropout = nn.Dropout(cfg.dropout)
         self.fc = nn.Linear(cfg.channels[-1], cfg.embed_dim)
         self.classifier = nn.Linear(cfg.embed_dim, num_classes)
