@@ -169,6 +169,29 @@ def test_every_other_stage_deps_cover_its_scripts_import_closure(stage: str) -> 
             )
 
 
+def _corsmal_stages() -> dict[str, dict]:
+    return yaml.safe_load((ROOT / "corsmal" / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("stage", sorted(_corsmal_stages()))
+def test_corsmal_stage_deps_cover_its_scripts_import_closure(stage: str) -> None:
+    """The CORSMAL pipeline (corsmal/dvc.yaml, run from the project root) is held to the same rule; its `configs`
+    stage, like `resolve_configs`, also tracks every method file (their config defaults)."""
+    body = _corsmal_stages()[stage]
+    assert body.get("do", body).get("wdir") == "..", f"corsmal stage {stage!r} must run from the project root"
+    deps = _deps(body)
+    scripts = _scripts(body)
+    assert scripts, f"corsmal/dvc.yaml stage {stage!r}: no stages/<name>.py in its cmd"
+    for written, files in scripts.items():
+        assert f"stages/{written}.py" in deps, f"corsmal/dvc.yaml stage {stage!r} omits stages/{written}.py"
+        for script in files:
+            need = closure(script, skip_methods=stage != "configs")
+            missing = sorted(f.relative_to(ROOT).as_posix() for f in need if not _covered(f, deps))
+            assert not missing, (
+                f"corsmal/dvc.yaml stage {stage!r} omits modules that {script.relative_to(ROOT)} imports: {missing}"
+            )
+
+
 def test_a_missing_dep_fails_the_check() -> None:
     """The check can fail: train_teacher without src/xmkd/train.py (which teacher.py imports) is caught."""
     deps = [d for d in _deps(_stages()["train_teacher"]) if d != "src/xmkd/train.py"]
