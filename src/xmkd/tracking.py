@@ -416,9 +416,14 @@ def register_model(name: str, checkpoint_md5: str, tags: dict[str, str], descrip
         (version, the seed run id), or None when no logged model has that checkpoint (models turned off with
         ``XMKD_MLFLOW_MODELS=none``, or its logging failed).
     """
+    import mlflow
     from mlflow.exceptions import MlflowException
 
     client, exp_id = ensure_store()
+    # create_model_version resolves the `models:/<id>` source through the fluent API's store, which defaults to
+    # ./mlflow.db of the working directory: right for `dvc repro` by chance, a fresh empty store in a queued
+    # experiment's temporary workspace (the model is then "not found")
+    mlflow.set_tracking_uri(client.tracking_uri)
     found = client.search_runs(
         [exp_id], filter_string=f"tags.`{CHECKPOINT_TAG}` = '{checkpoint_md5}'", order_by=["start_time DESC"],
         max_results=50,
