@@ -1,6 +1,6 @@
 # Two commands for a fresh machine (see README.md):
 #   make repro   install into .venv, then run the whole pipeline (`dvc repro`) on the default params
-#   make quick   install into .venv, then the whole comparison on the `quick` profile (8.5 min measured, an experiment)
+#   make quick   install into .venv, then the whole comparison on the `quick` profile (about 12 min measured with install, an experiment)
 #   make test    install into .venv, then run the test suite
 # The raw data is read from a local mirror when one exists (XMKD_DATA_MIRROR, default ../shared/datasets).
 SHELL := /bin/bash
