@@ -44,6 +44,22 @@ def compare_run(a: dict[str, Any], b: dict[str, Any]) -> tuple[int, float]:
     return n, worst
 
 
+def _load(path: Path) -> dict[str, Any]:
+    """A metrics file as a dict; an unreadable file or an eval file without ``seeds`` is a ``SystemExit`` naming it."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SystemExit(f"error: cannot read {path}: {err}; re-create it with `dvc repro` (or `dvc checkout`)") from err
+    if path.parent.name == "eval" and not isinstance(doc.get("seeds"), dict):
+        raise SystemExit(f"error: {path} has no 'seeds' section: not a metrics/eval file of this pipeline")
+    return doc
+
+
+def _top1(doc: dict[str, Any]) -> str:
+    """Each seed's top-1, e.g. ``"0.340 0.367 0.303"``."""
+    return " ".join(f"{doc['seeds'][s].get('top1', float('nan')):.3f}" for s in sorted(doc["seeds"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("a", type=Path, help="the first checkout (its metrics/eval is read)")
@@ -52,27 +68,25 @@ def main(argv: list[str] | None = None) -> int:
     for root in (args.a, args.b):
         if not (root / "metrics/eval").is_dir():
             parser.error(f"{root}/metrics/eval does not exist: run the pipeline there first (dvc repro)")
+    runs_a = {f.name for f in (args.a / "metrics/eval").glob("*.json")}
+    runs_b = {f.name for f in (args.b / "metrics/eval").glob("*.json")}
     differ = 0
-    for fa in sorted((args.a / "metrics/eval").glob("*.json")):
-        fb = args.b / "metrics/eval" / fa.name
-        if not fb.exists():
-            print(f"{fa.stem:<22} only in {args.a}")
+    for name in sorted(runs_a | runs_b):
+        stem = name.removesuffix(".json")
+        if name not in runs_b or name not in runs_a:
+            print(f"{stem:<22} only in {args.a if name in runs_a else args.b}")
             continue
-        ja, jb = json.loads(fa.read_text()), json.loads(fb.read_text())
+        ja, jb = _load(args.a / "metrics/eval" / name), _load(args.b / "metrics/eval" / name)
         n, worst = compare_run(ja, jb)
-
-        def top1(doc: dict[str, Any]) -> str:
-            return " ".join(f"{doc['seeds'][s].get('top1', float('nan')):.3f}" for s in sorted(doc["seeds"]))
-
         if worst == 0:
-            print(f"{fa.stem:<22} identical ({n} values; top-1 per seed {top1(ja)})")
+            print(f"{stem:<22} identical ({n} values; top-1 per seed {_top1(ja)})")
         else:
             differ += 1
-            print(f"{fa.stem:<22} DIFFERENT (largest |diff| {worst:.4g}; top-1 {top1(ja)} vs {top1(jb)})")
+            print(f"{stem:<22} DIFFERENT (largest |diff| {worst:.4g}; top-1 {_top1(ja)} vs {_top1(jb)})")
     for name in TEACHER_FILES:
         pa, pb = args.a / name, args.b / name
         if pa.exists() and pb.exists():
-            same = _untimed(json.loads(pa.read_text())) == _untimed(json.loads(pb.read_text()))
+            same = _untimed(_load(pa)) == _untimed(_load(pb))
             differ += not same
             print(f"{name} {'identical (timings ignored)' if same else 'DIFFERENT'}")
     print(f"{'no run differs' if not differ else f'{differ} differ'}")

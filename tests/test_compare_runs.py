@@ -40,3 +40,17 @@ def test_a_different_value_is_reported(tmp_path: Path, capsys: pytest.CaptureFix
 def test_missing_metrics_name_the_fix(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         compare_runs.main([str(tmp_path), str(tmp_path)])
+
+
+def test_a_corrupt_metrics_file_is_named(tmp_path: Path) -> None:
+    a, b = _checkout(tmp_path / "a", 0.25, 10.0), _checkout(tmp_path / "b", 0.25, 10.0)
+    (b / "metrics/eval/kd.json").write_text("{not json")
+    with pytest.raises(SystemExit, match=r"cannot read .*b/metrics/eval/kd\.json"):
+        compare_runs.main([str(a), str(b)])
+
+
+def test_runs_in_one_checkout_only_are_listed_from_either_side(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = _checkout(tmp_path / "a", 0.25, 10.0), _checkout(tmp_path / "b", 0.25, 10.0)
+    (b / "metrics/eval/none.json").write_text(json.dumps({"seeds": {"0": {"top1": 0.2}}}))
+    assert compare_runs.main([str(a), str(b)]) == 0
+    assert f"none                   only in {b}" in capsys.readouterr().out
